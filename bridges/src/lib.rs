@@ -1,0 +1,24 @@
+//! herald-bridges: the alert model and the sinks that deliver alerts.
+//!
+//! This crate knows nothing of IMAP, rules or storage: it receives a finished [`Alert`] and
+//! makes one delivery attempt with it, answering with an [`Outcome`]. Retrying, queueing and
+//! bookkeeping belong to the caller. Every sink is one module; [`SinkConfig`] is the closed set
+//! of sink types a configuration may name.
+
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::indexing_slicing, clippy::string_slice, clippy::unwrap_used)
+)]
+
+pub mod alert;
+pub mod console;
+mod http;
+pub mod secret;
+pub mod sink;
+pub mod text;
+pub mod webhook;
+
+pub use alert::{Alert, Kind, Severity};
+pub use secret::Secret;
+pub use sink::{Outcome, Sink, SinkConfig, SinkError};
