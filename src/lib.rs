@@ -13,3 +13,5 @@
 )]
 
 pub mod classify;
+pub mod config;
+pub mod route;
