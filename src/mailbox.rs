@@ -415,7 +415,7 @@ impl Mailbox {
                 }
                 Processed::Move(folder) => {
                     self.imap
-                        .command(session.uid_mv(&set, quote(folder)))
+                        .command(session.uid_mv(&set, folder))
                         .await
                         .map_err(|e| match e {
                             SessionError::Imap(error) => {
@@ -729,11 +729,6 @@ fn uid_sets(uids: &[u32]) -> Vec<String> {
             parts.join(",")
         })
         .collect()
-}
-
-/// An IMAP quoted string (RFC 3501 §4.3); config validation keeps CR, LF and `"` out.
-fn quote(text: &str) -> String {
-    format!("\"{}\"", text.replace('\\', "\\\\"))
 }
 
 /// Capped exponential backoff with full jitter.
