@@ -155,6 +155,16 @@ pub fn signature(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
     )
 }
 
+/// Classifies the receiver's answer by the default table: 2xx delivered; 408, 429 and 5xx
+/// except 501 retried (after `Retry-After`); every other status, 3xx included, rejected [SW].
+pub fn classify(
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &str,
+) -> crate::Outcome {
+    http::classify_status(status, headers, body)
+}
+
 /// POSTs alerts to one URL.
 #[derive(Debug)]
 pub struct Webhook {
@@ -212,9 +222,7 @@ impl Sink for Webhook {
                     .header("webhook-id", id)
                     .header("webhook-timestamp", timestamp.to_string());
             }
-            self.endpoint
-                .attempt(request.body(body), http::classify_status)
-                .await
+            self.endpoint.attempt(request.body(body), classify).await
         })
     }
 }
