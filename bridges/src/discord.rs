@@ -287,7 +287,7 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> Outcome 
 #[derive(Debug)]
 pub struct Discord {
     endpoint: Endpoint,
-    url: reqwest::Url,
+    url: http::SecretUrl,
     username: Option<String>,
     template: Option<Template>,
 }
@@ -299,7 +299,7 @@ impl Discord {
         let rate = ratelimit::effective(config.rate_limit, Some(DEFAULT_RATE));
         Ok(Discord {
             endpoint: Endpoint::new(config.timeout, rate)?,
-            url: config.request_url()?,
+            url: http::SecretUrl(config.request_url()?),
             username: config.username.clone(),
             template: config.template.clone(),
         })
@@ -313,7 +313,7 @@ impl Sink for Discord {
             let request = self
                 .endpoint
                 .client
-                .post(self.url.clone())
+                .post(self.url.0.clone())
                 .header(CONTENT_TYPE, "application/json")
                 .header(USER_AGENT, DISCORD_USER_AGENT)
                 .body(serde_json::to_vec(&body).unwrap_or_default());

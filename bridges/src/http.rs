@@ -125,6 +125,17 @@ impl Endpoint {
     }
 }
 
+/// A URL that is a credential (Slack and Discord webhooks, a webhook with a token): its
+/// `Debug` is redacted, so a sink value can be debug-printed safely.
+#[derive(Clone)]
+pub(crate) struct SecretUrl(pub reqwest::Url);
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("**REDACTED**")
+    }
+}
+
 /// A server's answer, its body read to at most [`MAX_BODY_BYTES`].
 #[derive(Debug)]
 pub(crate) struct Answer {
@@ -304,5 +315,64 @@ mod tests {
             Some(Duration::from_millis(250))
         );
         assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+}
+
+#[cfg(test)]
+mod paused_clock {
+    //! G4's "a 429 with `Retry-After: 7` waits at least 7 s", per sink classifier, through
+    //! the same `honour` → gate path a real response takes, on tokio's paused clock (no
+    //! sockets: a paused clock auto-advances whenever the runtime idles, which would fire
+    //! reqwest's own timeouts early).
+    use super::*;
+    use reqwest::header::HeaderValue;
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn every_sink_waits_out_retry_after() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        let twilio = |s: StatusCode, h: &HeaderMap, b: &str| match crate::twilio::classify(s, h, b)
+        {
+            crate::twilio::Verdict::Final(outcome) => outcome,
+            crate::twilio::Verdict::Ambiguous(reason) => Outcome::Rejected { reason },
+        };
+        let classifiers: [(&str, Classify); 6] = [
+            ("default", classify_status),
+            ("slack webhook", crate::slack::classify_webhook),
+            ("slack api", crate::slack::classify_api),
+            ("discord", crate::discord::classify),
+            ("pagerduty", crate::pagerduty::classify),
+            ("webhook", crate::webhook::classify),
+        ];
+        let mut all: Vec<(&str, Outcome)> = classifiers
+            .iter()
+            .map(|(name, classify)| (*name, classify(StatusCode::TOO_MANY_REQUESTS, &headers, "")))
+            .collect();
+        all.push((
+            "twilio",
+            twilio(StatusCode::TOO_MANY_REQUESTS, &headers, ""),
+        ));
+        for (name, outcome) in all {
+            let endpoint = Endpoint::new(Duration::from_secs(10), None).unwrap();
+            endpoint.honour(StatusCode::TOO_MANY_REQUESTS, &outcome);
+            let start = Instant::now();
+            endpoint.limiter.acquire().await;
+            assert_eq!(start.elapsed(), Duration::from_secs(7), "{name}");
+            // Once waited out, the gate is open again.
+            let again = Instant::now();
+            endpoint.limiter.acquire().await;
+            assert_eq!(again.elapsed(), Duration::ZERO, "{name}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn discord_bucket_headers_hold_the_gate() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+        headers.insert("x-ratelimit-reset-after", HeaderValue::from_static("2.5"));
+        assert_eq!(rate_limit_hint(&headers), Some(Duration::from_millis(2500)));
+        headers.insert("x-ratelimit-remaining", HeaderValue::from_static("3"));
+        assert_eq!(rate_limit_hint(&headers), None);
     }
 }

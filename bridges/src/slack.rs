@@ -299,7 +299,7 @@ pub fn classify_api(status: StatusCode, headers: &HeaderMap, body: &str) -> Outc
 #[derive(Debug)]
 pub struct Slack {
     endpoint: Endpoint,
-    url: reqwest::Url,
+    url: http::SecretUrl,
     /// `Some` in bot mode: the `Authorization` header value (sensitive).
     auth: Option<reqwest::header::HeaderValue>,
     channel: Option<String>,
@@ -330,7 +330,7 @@ impl Slack {
         let rate = ratelimit::effective(config.rate_limit, Some(DEFAULT_RATE));
         Ok(Slack {
             endpoint: Endpoint::new(config.timeout, rate)?,
-            url,
+            url: http::SecretUrl(url),
             auth,
             channel,
             template: config.template.clone(),
@@ -346,7 +346,7 @@ impl Sink for Slack {
             let request = self
                 .endpoint
                 .client
-                .post(self.url.clone())
+                .post(self.url.0.clone())
                 .header(CONTENT_TYPE, "application/json; charset=utf-8")
                 .body(body);
             match &self.auth {

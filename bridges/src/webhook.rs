@@ -169,9 +169,18 @@ pub fn classify(
 #[derive(Debug)]
 pub struct Webhook {
     endpoint: Endpoint,
-    url: reqwest::Url,
+    url: http::SecretUrl,
     headers: reqwest::header::HeaderMap,
-    key: Option<Vec<u8>>,
+    key: Option<SigningKey>,
+}
+
+/// The decoded signing key; its `Debug` is redacted.
+struct SigningKey(Vec<u8>);
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("**REDACTED**")
+    }
 }
 
 impl Webhook {
@@ -189,13 +198,18 @@ impl Webhook {
                 headers.insert(name, value);
             }
         }
-        let key = config.secret.as_ref().map(signing_key).transpose()?;
+        let key = config
+            .secret
+            .as_ref()
+            .map(signing_key)
+            .transpose()?
+            .map(SigningKey);
         Ok(Webhook {
             endpoint: Endpoint::new(
                 config.timeout,
                 ratelimit::effective(config.rate_limit, None),
             )?,
-            url,
+            url: http::SecretUrl(url),
             headers,
             key,
         })
@@ -209,7 +223,7 @@ impl Sink for Webhook {
             let mut request = self
                 .endpoint
                 .client
-                .post(self.url.clone())
+                .post(self.url.0.clone())
                 .headers(self.headers.clone())
                 .header(reqwest::header::CONTENT_TYPE, "application/json");
             if let Some(key) = &self.key {
@@ -218,7 +232,10 @@ impl Sink for Webhook {
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
                 request = request
-                    .header("webhook-signature", signature(key, &id, timestamp, &body))
+                    .header(
+                        "webhook-signature",
+                        signature(&key.0, &id, timestamp, &body),
+                    )
                     .header("webhook-id", id)
                     .header("webhook-timestamp", timestamp.to_string());
             }

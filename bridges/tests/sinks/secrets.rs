@@ -142,3 +142,20 @@ fn no_secret_in_validation_errors() {
         assert!(config.build().is_err());
     }
 }
+
+#[tokio::test]
+async fn no_secret_in_debug_of_built_sinks() {
+    use herald_bridges::{discord, pagerduty, slack, twilio, webhook};
+    let addr = refused_addr().await;
+    for config in configs(addr) {
+        let debug = match &config {
+            SinkConfig::Slack(c) => format!("{:?}", slack::Slack::new(c).unwrap()),
+            SinkConfig::Discord(c) => format!("{:?}", discord::Discord::new(c).unwrap()),
+            SinkConfig::PagerDuty(c) => format!("{:?}", pagerduty::PagerDuty::new(c).unwrap()),
+            SinkConfig::Twilio(c) => format!("{:?}", twilio::Twilio::new(c).unwrap()),
+            SinkConfig::Webhook(c) => format!("{:?}", webhook::Webhook::new(c).unwrap()),
+            other => format!("{other:?}"),
+        };
+        assert!(!leaks(&debug), "{debug}");
+    }
+}
