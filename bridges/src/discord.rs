@@ -4,18 +4,18 @@
 //! Embed: the title, a description with the summary (or the sink's template) and the first
 //! lines of the body in a code block, inline fields (host, user, command, exit status, kind,
 //! rule), a colour by severity and a footer. Sent with `?wait=true`, so a 2xx means Discord
-//! saved the message (without it a failed save still answers 204) [DC-WH].
+//! saved the message (without it a failed save still answers 204) \[DC-WH\].
 //!
 //! Guarantees:
-//! - Nothing pings: every request carries `allowed_mentions: {"parse": []}` [DC-MSG], and every
+//! - Nothing pings: every request carries `allowed_mentions: {"parse": []}` \[DC-MSG\], and every
 //!   `@` from mail is followed by a zero-width space, so `@everyone`, `@here`, `<@id>` and
 //!   `<@&role>` do not even render as mentions. Backtick runs are broken the same way, so
 //!   mail cannot close the code block.
 //! - Every field is within Discord's limits (title 256, description 4096, field value 1024,
-//!   footer 2048, all embed text ≤ 6000) [DC-MSG]; cuts are on characters, marked `…`.
+//!   footer 2048, all embed text ≤ 6000) \[DC-MSG\]; cuts are on characters, marked `…`.
 //! - A 429's `retry_after` (JSON, float seconds) or `Retry-After` holds the next request, and
-//!   so does `X-RateLimit-Remaining: 0` with `X-RateLimit-Reset-After` [DC-RL]. A 404 means the
-//!   webhook is gone and is rejected, never retried [DC-RL].
+//!   so does `X-RateLimit-Remaining: 0` with `X-RateLimit-Reset-After` \[DC-RL\]. A 404 means the
+//!   webhook is gone and is rejected, never retried \[DC-RL\].
 //! - The webhook URL (which contains the token) is never in an outcome, a log line or
 //!   [`Config::render`] output.
 
@@ -33,28 +33,28 @@ use crate::template::Template;
 use crate::text::{fit_chars, one_line, ZWSP};
 use crate::{present, Alert, Outcome, Secret, Severity, Sink, SinkError};
 
-/// `embed.title`: 256 characters [DC-MSG].
+/// `embed.title`: 256 characters \[DC-MSG\].
 pub const TITLE_CHARS: usize = 256;
-/// `embed.description`: 4096 characters [DC-MSG].
+/// `embed.description`: 4096 characters \[DC-MSG\].
 pub const DESCRIPTION_CHARS: usize = 4096;
-/// `field.value`: Discord allows 1024 [DC-MSG]; 256 keeps six fields small beside the
+/// `field.value`: Discord allows 1024 \[DC-MSG\]; 256 keeps six fields small beside the
 /// description.
 pub const FIELD_CHARS: usize = 256;
-/// `footer.text`: Discord allows 2048 [DC-MSG]; ours is a short fixed line.
+/// `footer.text`: Discord allows 2048 \[DC-MSG\]; ours is a short fixed line.
 pub const FOOTER_CHARS: usize = 100;
-/// All embed text together: 6000 characters [DC-MSG].
+/// All embed text together: 6000 characters \[DC-MSG\].
 pub const EMBED_TOTAL_CHARS: usize = 6000;
-/// Webhook name: 1–80 characters [DC-WH].
+/// Webhook name: 1–80 characters \[DC-WH\].
 pub const USERNAME_CHARS: usize = 80;
-/// Red `0x992D22`, as Alertmanager's Discord notifier uses for firing alerts [DC-MSG], [AM-DC].
+/// Red `0x992D22`, as Alertmanager's Discord notifier uses for firing alerts \[DC-MSG\], \[AM-DC\].
 pub const COLOR_CRITICAL: u32 = 0x99_2D22;
 /// Orange `0xE67E22` (Discord's palette orange; our choice for warnings).
 pub const COLOR_WARNING: u32 = 0xE6_7E22;
 /// Grey `0x95A5A6` (Discord's palette grey; our choice for information).
 pub const COLOR_INFO: u32 = 0x95_A5A6;
-/// Discord's staff-stated 5 requests / 2 s per webhook [DC-367] (approximate; headers rule).
+/// Discord's staff-stated 5 requests / 2 s per webhook \[DC-367\] (approximate; headers rule).
 pub const DEFAULT_RATE: Rate = Rate::new(5, Duration::from_secs(2));
-/// `DiscordBot ($url, $version)`, the form Discord asks of clients [DC-REF].
+/// `DiscordBot ($url, $version)`, the form Discord asks of clients \[DC-REF\].
 const DISCORD_USER_AGENT: &str = concat!(
     "DiscordBot (https://crates.io/crates/herald, ",
     env!("CARGO_PKG_VERSION"),
@@ -79,7 +79,7 @@ pub struct Config {
     /// How long one attempt may take.
     #[serde(default = "default_timeout", deserialize_with = "deserialize_duration")]
     pub timeout: Duration,
-    /// Client-side pacing; default `"5/2s"` [DC-367]; `"off"` to disable.
+    /// Client-side pacing; default `"5/2s"` \[DC-367\]; `"off"` to disable.
     #[serde(default)]
     pub rate_limit: Option<RateSetting>,
 }
@@ -235,9 +235,9 @@ fn default_description(alert: &Alert, budget: usize) -> String {
 }
 
 /// Classifies an execute-webhook answer: 2xx delivered; 429 retried after the body's
-/// `retry_after` (float seconds) or `Retry-After` [DC-RL]; 404 rejected (the webhook is gone,
-/// and repeats get a client restricted [DC-RL]); the rest by the default table, with Discord's
-/// `code`/`message` as the reason [DC-CODES].
+/// `retry_after` (float seconds) or `Retry-After` \[DC-RL\]; 404 rejected (the webhook is gone,
+/// and repeats get a client restricted \[DC-RL\]); the rest by the default table, with Discord's
+/// `code`/`message` as the reason \[DC-CODES\].
 pub fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> Outcome {
     if status.is_success() {
         return Outcome::Delivered;

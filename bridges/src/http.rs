@@ -23,7 +23,7 @@ const ERROR_BODY_CHARS: usize = 300;
 pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Builds a client with a per-request timeout. rustls only, with the platform's roots; no
-/// redirects (the generic-webhook guidance in reference/sinks.md §6.1 [SW]: 3xx = failure).
+/// redirects (the generic-webhook guidance in reference/sinks.md §6.1 \[SW\]: 3xx = failure).
 pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, SinkError> {
     reqwest::Client::builder()
         .timeout(timeout)
@@ -161,7 +161,7 @@ async fn read_body(mut response: Response) -> String {
 }
 
 /// Discord's bucket headers: `X-RateLimit-Remaining: 0` with `X-RateLimit-Reset-After:
-/// <seconds>` means the next request would be a 429 until then [DC-RL]. Other APIs don't send
+/// <seconds>` means the next request would be a 429 until then \[DC-RL\]. Other APIs don't send
 /// `Reset-After`, so this is inert for them.
 pub(crate) fn rate_limit_hint(headers: &HeaderMap) -> Option<Duration> {
     let remaining = header_str(headers, "x-ratelimit-remaining")?;

@@ -7,13 +7,13 @@
 //!
 //! Guarantees:
 //! - `dedup_key` is a pure function of the alert's `dedup_key`: repeats of one failing job,
-//!   and a resend after a crash, fold into one incident [PD-TRIG], and the recovery mail
-//!   resolves it. It is ≤ 255 characters [PD-TRIG] (a longer key becomes a prefix plus a
+//!   and a resend after a crash, fold into one incident \[PD-TRIG\], and the recovery mail
+//!   resolves it. It is ≤ 255 characters \[PD-TRIG\] (a longer key becomes a prefix plus a
 //!   SHA-256 digest, still stable).
-//! - `payload.summary` ≤ 1024 characters [PD-TRIG]; the whole event ≤ 512,000 bytes, dropping
-//!   `custom_details` when over, as Alertmanager does [PD-OV], [AM-PD].
+//! - `payload.summary` ≤ 1024 characters \[PD-TRIG\]; the whole event ≤ 512,000 bytes, dropping
+//!   `custom_details` when over, as Alertmanager does \[PD-OV\], \[AM-PD\].
 //! - 202 is delivered; 400 rejected with PagerDuty's `message`/`errors`; 429 and 5xx retried,
-//!   a 429 no sooner than its `Retry-After`, or 30 s when none is given [PD-RL].
+//!   a 429 no sooner than its `Retry-After`, or 30 s when none is given \[PD-RL\].
 //! - The routing key is a secret: it travels only in the request body, and [`Config::render`]
 //!   shows it as `**REDACTED**`.
 
@@ -32,24 +32,24 @@ use crate::template::Template;
 use crate::text::{fit_chars, no_escape, one_line};
 use crate::{present, Alert, Outcome, Secret, Severity, Sink, SinkError};
 
-/// The Events API v2 endpoint [PD-TRIG]; the EU one is `https://events.eu.pagerduty.com/v2/enqueue`
-/// [AP-PD].
+/// The Events API v2 endpoint \[PD-TRIG\]; the EU one is `https://events.eu.pagerduty.com/v2/enqueue`
+/// \[AP-PD\].
 pub const DEFAULT_URL: &str = "https://events.pagerduty.com/v2/enqueue";
-/// `payload.summary`: 1024 characters [PD-TRIG], [AM-PD].
+/// `payload.summary`: 1024 characters \[PD-TRIG\], \[AM-PD\].
 pub const SUMMARY_CHARS: usize = 1024;
-/// `dedup_key`: 255 characters [PD-TRIG].
+/// `dedup_key`: 255 characters \[PD-TRIG\].
 pub const DEDUP_KEY_CHARS: usize = 255;
-/// The whole event: 512 KB; Alertmanager's 512,000 bytes [PD-OV], [AM-PD].
+/// The whole event: 512 KB; Alertmanager's 512,000 bytes \[PD-OV\], \[AM-PD\].
 pub const MAX_EVENT_BYTES: usize = 512_000;
 /// `component`, `group`, `class`: PagerDuty states no limit; 255 keeps them label-sized.
 pub const LABEL_CHARS: usize = 255;
 /// The body excerpt in `custom_details`: as many lines as chat sinks show.
 const EXCERPT_LINES: usize = present::EXCERPT_LINES;
-/// ~120 events/min per integration key [PD-RL].
+/// ~120 events/min per integration key \[PD-RL\].
 pub const DEFAULT_RATE: Rate = Rate::new(120, Duration::from_secs(60));
-/// A 429 without `Retry-After`: "e.g. 3 retries 30 s apart" [PD-RL].
+/// A 429 without `Retry-After`: "e.g. 3 retries 30 s apart" \[PD-RL\].
 pub const DEFAULT_429_WAIT: Duration = Duration::from_secs(30);
-/// `source` is required on triggers [PD-TRIG]; used when the alert names no host.
+/// `source` is required on triggers \[PD-TRIG\]; used when the alert names no host.
 const UNKNOWN_SOURCE: &str = "unknown-host";
 /// What [`Config::render`] shows instead of the routing key.
 const REDACTED: &str = "**REDACTED**";
@@ -69,7 +69,7 @@ pub struct Config {
     /// How long one attempt may take.
     #[serde(default = "default_timeout", deserialize_with = "deserialize_duration")]
     pub timeout: Duration,
-    /// Client-side pacing; default `"120/m"` [PD-RL]; `"off"` to disable.
+    /// Client-side pacing; default `"120/m"` \[PD-RL\]; `"off"` to disable.
     #[serde(default)]
     pub rate_limit: Option<RateSetting>,
 }
@@ -218,7 +218,7 @@ pub fn payload(alert: &Alert, routing_key: &str, template: Option<&Template>) ->
 
 /// Classifies an Events API answer: 2xx (202) delivered; 429 retried after `Retry-After` or
 /// [`DEFAULT_429_WAIT`]; 400 and other 4xx rejected with PagerDuty's `message` and `errors`
-/// [PD-OV], [AM-PD]; 5xx retried.
+/// \[PD-OV\], \[AM-PD\]; 5xx retried.
 pub fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> Outcome {
     if status.is_success() {
         return Outcome::Delivered;

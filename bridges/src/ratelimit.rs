@@ -15,8 +15,8 @@ use tokio::time::Instant;
 
 /// The longest delay a server may impose with one answer. A `Retry-After` of days (a bug or a
 /// hostile server) would otherwise silence the sink past every alert's useful life; 1 h is
-/// longer than any documented wait (PagerDuty's "a few minutes" [PD-OV], Discord's
-/// `retry_after` of seconds [DC-RL] in reference/sinks.md), and the outbox retries after it.
+/// longer than any documented wait (PagerDuty's "a few minutes" \[PD-OV\], Discord's
+/// `retry_after` of seconds \[DC-RL\] in reference/sinks.md), and the outbox retries after it.
 pub const MAX_DEFER: Duration = Duration::from_secs(3600);
 
 /// `burst` requests, refilled evenly over `period`: `"1/s"`, `"5/2s"`, `"120/m"`.

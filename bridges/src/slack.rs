@@ -8,17 +8,17 @@
 //! sent.
 //!
 //! Guarantees:
-//! - Mail text cannot mention or link: `&`, `<`, `>` are escaped in every string [SL-FMT],
+//! - Mail text cannot mention or link: `&`, `<`, `>` are escaped in every string \[SL-FMT\],
 //!   so `<!channel>`, `<@U…>`, `<!subteam^…>` cannot form, and without `link_names`/`parse`
-//!   a literal `@channel` stays text [SL-FMT-OLD]. Backtick runs are broken with a
+//!   a literal `@channel` stays text \[SL-FMT-OLD\]. Backtick runs are broken with a
 //!   zero-width space, so mail cannot close the code block early.
 //! - Every block is within Slack's limits (header 150, section 3000, ≤10 fields) and the whole
 //!   message stays under ~12,000 characters, the observed `msg_blocks_too_long` threshold
-//!   [SL-BOLT2509]; cuts fall between characters and between escapes, marked with `…`.
-//! - Paced at 1 message/s by default [SL-RL]; a 429's `Retry-After` holds the next request.
-//! - The webhook URL and token are secrets: never in outcomes, logs or [`render`] output.
-//! - Bot mode reads the body: HTTP 200 with `"ok": false` is a failure [SL-WEB]; only
-//!   rate-limit and internal errors are retried [SL-APIREF].
+//!   \[SL-BOLT2509\]; cuts fall between characters and between escapes, marked with `…`.
+//! - Paced at 1 message/s by default \[SL-RL\]; a 429's `Retry-After` holds the next request.
+//! - The webhook URL and token are secrets: never in outcomes, logs or [`Config::render`] output.
+//! - Bot mode reads the body: HTTP 200 with `"ok": false` is a failure \[SL-WEB\]; only
+//!   rate-limit and internal errors are retried \[SL-APIREF\].
 
 use std::time::{Duration, SystemTime};
 
@@ -34,24 +34,24 @@ use crate::template::Template;
 use crate::text::{fit_chars, one_line};
 use crate::{present, Alert, Outcome, Secret, Severity, Sink, SinkError};
 
-/// Slack's Web API base [SL-PM].
+/// Slack's Web API base \[SL-PM\].
 pub const DEFAULT_API_URL: &str = "https://slack.com/api";
-/// `header` block text: 150 characters [SL-HDR].
+/// `header` block text: 150 characters \[SL-HDR\].
 pub const HEADER_CHARS: usize = 150;
-/// `section` text: 3000 characters [SL-SEC].
+/// `section` text: 3000 characters \[SL-SEC\].
 pub const SECTION_CHARS: usize = 3000;
-/// One `section.fields` item: Slack allows 2000 [SL-SEC]; 300 keeps six fields well inside
+/// One `section.fields` item: Slack allows 2000 \[SL-SEC\]; 300 keeps six fields well inside
 /// the whole-message budget.
 pub const FIELD_CHARS: usize = 300;
-/// `section.fields`: at most 10 items [SL-SEC].
+/// `section.fields`: at most 10 items \[SL-SEC\].
 pub const MAX_FIELDS: usize = 10;
-/// The notification `text`: Slack truncates at 40,000 [SL-APIREF]; it is only the one-line
+/// The notification `text`: Slack truncates at 40,000 \[SL-APIREF\]; it is only the one-line
 /// fallback here, so a title's worth is enough.
 pub const TEXT_CHARS: usize = 300;
-/// All block text together: ~13k failed in practice [SL-BOLT2509]; the blocks above add up to
+/// All block text together: ~13k failed in practice \[SL-BOLT2509\]; the blocks above add up to
 /// at most 150 + 6×(300+20) + 2×3000 + 300 ≈ 8,400.
 pub const MESSAGE_CHARS: usize = 12_000;
-/// Slack's documented 1 message/s for webhooks and per channel for chat.postMessage [SL-RL].
+/// Slack's documented 1 message/s for webhooks and per channel for chat.postMessage \[SL-RL\].
 pub const DEFAULT_RATE: Rate = Rate::new(1, Duration::from_secs(1));
 
 /// `type = "slack"`: give `webhook_url`, or `token` and `channel`.
@@ -77,7 +77,7 @@ pub struct Config {
     /// How long one attempt may take.
     #[serde(default = "default_timeout", deserialize_with = "deserialize_duration")]
     pub timeout: Duration,
-    /// Client-side pacing; default `"1/s"` [SL-RL]; `"off"` to disable.
+    /// Client-side pacing; default `"1/s"` \[SL-RL\]; `"off"` to disable.
     #[serde(default)]
     pub rate_limit: Option<RateSetting>,
 }
@@ -158,7 +158,7 @@ fn api_endpoint(api_url: &str) -> Result<reqwest::Url, SinkError> {
     crate::webhook::http_url("api_url", &Secret::new(url))
 }
 
-/// Slack's three control characters, escaped in this order [SL-FMT]; backtick runs broken.
+/// Slack's three control characters, escaped in this order \[SL-FMT\]; backtick runs broken.
 fn escape(ch: char, out: &mut String) {
     match ch {
         '&' => out.push_str("&amp;"),
@@ -246,12 +246,12 @@ fn section(text: String) -> Value {
 
 /// Classifies an incoming-webhook answer: 2xx (body `ok`) delivered; otherwise the default
 /// status table, with Slack's plain-text error (`invalid_payload`, `channel_not_found`, …) as
-/// the reason [SL-WHERR].
+/// the reason \[SL-WHERR\].
 pub fn classify_webhook(status: StatusCode, headers: &HeaderMap, body: &str) -> Outcome {
     http::classify_status(status, headers, body)
 }
 
-/// Slack API errors worth retrying: rate limits and Slack's own failures [SL-APIREF].
+/// Slack API errors worth retrying: rate limits and Slack's own failures \[SL-APIREF\].
 const TRANSIENT_ERRORS: &[&str] = &[
     "ratelimited",
     "rate_limited",
@@ -262,7 +262,7 @@ const TRANSIENT_ERRORS: &[&str] = &[
 ];
 
 /// Classifies a `chat.postMessage` answer: non-2xx by the default table; 2xx by the body's
-/// `ok` (HTTP 200 with `"ok": false` is an error [SL-WEB]).
+/// `ok` (HTTP 200 with `"ok": false` is an error \[SL-WEB\]).
 pub fn classify_api(status: StatusCode, headers: &HeaderMap, body: &str) -> Outcome {
     if !status.is_success() {
         return http::classify_status(status, headers, body);

@@ -2,7 +2,7 @@
 //!
 //! An SMS is GSM-7 encoded when every character is in the GSM 03.38 alphabet (an extension
 //! character such as `€` or `{` takes two septets), and UCS-2 as soon as one is not — which
-//! cuts a segment from 160 to 70 characters [TW-SEG], [TW-UCS2]. So [`normalize`] maps common
+//! cuts a segment from 160 to 70 characters \[TW-SEG\], \[TW-UCS2\]. So [`normalize`] maps common
 //! typographic characters (curly quotes, dashes, `…`, non-breaking spaces) to GSM ones and
 //! drops emoji; [`Encoding::Gsm7`] also replaces whatever is left with `?`, guaranteeing GSM-7.
 //! [`fit`] then cuts to a budget counted in septets (GSM-7) or UTF-16 units (UCS-2).

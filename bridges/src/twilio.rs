@@ -13,11 +13,11 @@
 //! sent the SMS. So this sink remembers, per (alert, recipient), ambiguous failures it has
 //! answered with `Retry`: the first is retried once (with a WARN "possible duplicate"); a
 //! second is rejected. A failure that provably never reached Twilio (connection refused, DNS,
-//! TLS, and 20429/429 "request not processed" [TW-20429]) is retried freely. The memory is per
+//! TLS, and 20429/429 "request not processed" \[TW-20429\]) is retried freely. The memory is per
 //! process (a crash resends at most once more, as G3 allows) and bounded.
 //!
 //! Guarantees: the body is at most `max_chars` units (default 320, Twilio's recommendation
-//! [TW-SEG]; at most 1,600 [TW-OAI]) in the encoding it will be sent in (see [`crate::sms`]);
+//! \[TW-SEG\]; at most 1,600 \[TW-OAI\]) in the encoding it will be sent in (see [`crate::sms`]);
 //! the auth token / API key secret travels only in the `Authorization` header and never in an
 //! outcome, log line or [`Config::render`] output.
 
@@ -41,15 +41,15 @@ use crate::text::one_line;
 use crate::{present, Alert, Outcome, Secret, Sink, SinkError};
 
 /// Twilio's REST base (US1); regional edges are `https://api.{edge}.{region}.twilio.com`
-/// [TW-REG], [TW-EDGE].
+/// \[TW-REG\], \[TW-EDGE\].
 pub const DEFAULT_API_BASE: &str = "https://api.twilio.com";
-/// Twilio's deliverability recommendation: ≤ 320 characters [TW-SEG].
+/// Twilio's deliverability recommendation: ≤ 320 characters \[TW-SEG\].
 pub const DEFAULT_MAX_CHARS: usize = 320;
-/// `Body`: up to 1,600 characters [TW-OAI].
+/// `Body`: up to 1,600 characters \[TW-OAI\].
 pub const MAX_CHARS: usize = 1600;
 /// The smallest budget accepted: room for a severity and a few words of title.
 pub const MIN_CHARS: usize = 40;
-/// `ValidityPeriod`: 1–36,000 s [TW-OAI].
+/// `ValidityPeriod`: 1–36,000 s \[TW-OAI\].
 pub const MAX_VALIDITY: Duration = Duration::from_secs(36_000);
 /// How many (alert, recipient) ambiguous-failure records are kept: far more than a queue
 /// holds in flight; past it the oldest knowledge is dropped (worst case: one extra retry).
@@ -64,7 +64,7 @@ pub struct Config {
     /// The account's auth token (with `account_sid`), or use an API key instead.
     #[serde(default)]
     pub auth_token: Option<Secret>,
-    /// An API key (`SK` + 32 hex digits), Twilio's recommended credential [TW-AUTH].
+    /// An API key (`SK` + 32 hex digits), Twilio's recommended credential \[TW-AUTH\].
     #[serde(default)]
     pub api_key_sid: Option<String>,
     /// The API key's secret.
@@ -116,7 +116,7 @@ fn default_timeout() -> Duration {
     Duration::from_secs(15)
 }
 
-/// `prefix` + 32 hex digits, as Twilio's SIDs [TW-OAI].
+/// `prefix` + 32 hex digits, as Twilio's SIDs \[TW-OAI\].
 fn is_sid(text: &str, prefix: &str) -> bool {
     text.len() == 34
         && text.starts_with(prefix)
@@ -126,7 +126,7 @@ fn is_sid(text: &str, prefix: &str) -> bool {
 }
 
 /// E.164: `+`, a non-zero digit, at most 15 digits in all; a channel prefix such as
-/// `whatsapp:` is allowed [TW-OAI].
+/// `whatsapp:` is allowed \[TW-OAI\].
 fn is_e164(text: &str) -> bool {
     let number = text.rsplit_once(':').map_or(text, |(_, n)| n);
     let Some(digits) = number.strip_prefix('+') else {
@@ -319,8 +319,8 @@ pub enum Verdict {
     Ambiguous(String),
 }
 
-/// Twilio error codes that need the operator, with what to tell them [TW-20003], [TW-21211],
-/// [TW-21608], [TW-21610].
+/// Twilio error codes that need the operator, with what to tell them \[TW-20003\], \[TW-21211\],
+/// \[TW-21608\], \[TW-21610\].
 fn hint(code: i64) -> Option<&'static str> {
     match code {
         20003 => Some("authentication failed: wrong credentials, or a key from another region"),
@@ -331,10 +331,10 @@ fn hint(code: i64) -> Option<&'static str> {
     }
 }
 
-/// Classifies a create-Message answer [TW-OAI], [TW-ERRJSON]: 2xx delivered (unless the
-/// Message is already `failed`); 429 / code 20429 retried safely (not processed [TW-20429]);
+/// Classifies a create-Message answer \[TW-OAI\], \[TW-ERRJSON\]: 2xx delivered (unless the
+/// Message is already `failed`); 429 / code 20429 retried safely (not processed \[TW-20429\]);
 /// 5xx except 501 ambiguous; every other status rejected, with Twilio's `code`, `message`
-/// and `more_info` (unknown 4xx codes are permanent [TW-CHG]).
+/// and `more_info` (unknown 4xx codes are permanent \[TW-CHG\]).
 pub fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> Verdict {
     #[derive(Deserialize, Default)]
     struct Answer {

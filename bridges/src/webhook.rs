@@ -3,7 +3,7 @@
 //!
 //! # Signature
 //!
-//! With `secret` set, every request carries Standard Webhooks headers [SW]
+//! With `secret` set, every request carries Standard Webhooks headers \[SW\]
 //! (reference/sinks.md §6.1), so a receiver can verify origin and freshness:
 //!
 //! ```text
@@ -33,10 +33,10 @@ use crate::sink::{deserialize_duration, DeliverFuture};
 use crate::{Alert, Secret, Sink, SinkError};
 
 /// The shortest signing key accepted: Standard Webhooks asks for at least 24 bytes (192
-/// bits) [SW].
+/// bits) \[SW\].
 const MIN_KEY_BYTES: usize = 24;
 
-/// The Standard Webhooks secret prefix [SW].
+/// The Standard Webhooks secret prefix \[SW\].
 const SECRET_PREFIX: &str = "whsec_";
 
 /// `type = "webhook"`.
@@ -60,7 +60,7 @@ pub struct Config {
 }
 
 /// 10 s: a healthy receiver answers in milliseconds; a slow one must not hold the sink's
-/// queue for long, and the attempt is retried anyway ([SW] suggests 15–30 s as the upper end).
+/// queue for long, and the attempt is retried anyway (\[SW\] suggests 15–30 s as the upper end).
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -156,7 +156,7 @@ pub fn signature(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
 }
 
 /// Classifies the receiver's answer by the default table: 2xx delivered; 408, 429 and 5xx
-/// except 501 retried (after `Retry-After`); every other status, 3xx included, rejected [SW].
+/// except 501 retried (after `Retry-After`); every other status, 3xx included, rejected \[SW\].
 pub fn classify(
     status: reqwest::StatusCode,
     headers: &reqwest::header::HeaderMap,
