@@ -141,6 +141,11 @@ pub struct Alert {
     pub body: String,
     /// Whether the message was larger than herald fetches (`max_message_bytes`).
     pub truncated: bool,
+    /// Set by a rule's `resolve = true` for mails that report recovery: sinks that track
+    /// incidents (PagerDuty) close the incident with this alert's `dedup_key` instead of
+    /// opening one. Absent from JSON when false, so existing consumers see no change.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resolve: bool,
 }
 
 impl Alert {
@@ -169,6 +174,7 @@ impl Alert {
             date: None,
             body: "backup.sh: error: cannot stat /srv/data: No such file or directory\n".into(),
             truncated: false,
+            resolve: false,
         }
     }
 }

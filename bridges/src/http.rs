@@ -1,25 +1,192 @@
 //! What every HTTP sink shares: the client, the default reading of a response, `Retry-After`,
-//! and errors stripped of their URL (a webhook URL is a credential, and reqwest's errors
-//! carry the full URL).
+//! the per-sink rate-limit gate, and errors stripped of their URL (a webhook URL is a
+//! credential, and reqwest's errors carry the full URL).
+//!
+//! Guarantees: redirects are never followed (a 3xx is an answer, so credentials are never
+//! replayed to another host); no reason string built here contains a URL; a response body is
+//! read to at most [`MAX_BODY_BYTES`]; every delay a server names (429 `Retry-After`, Discord's
+//! `X-RateLimit-Reset-After` at zero remaining) holds back the sink's next request.
 
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
-use reqwest::{Response, StatusCode};
+use reqwest::{RequestBuilder, Response, StatusCode};
 
+use crate::ratelimit::{Rate, RateLimiter, MAX_DEFER};
 use crate::{Outcome, SinkError};
 
 /// How much of an error body is kept for the log line: enough for any API's error message.
 const ERROR_BODY_CHARS: usize = 300;
 
-/// Builds a client with a per-request timeout. rustls only, with the platform's roots.
+/// How much of a response body is read: every API answer we parse (Slack's `ok`, a Twilio
+/// Message, a Discord message object) is a few KB; a larger body is cut, not buffered.
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Builds a client with a per-request timeout. rustls only, with the platform's roots; no
+/// redirects (the generic-webhook guidance in reference/sinks.md §6.1 \[SW\]: 3xx = failure).
 pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, SinkError> {
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| SinkError::Client(e.without_url().to_string()))
+}
+
+/// A pure response classifier: status, headers and (capped) body to an outcome.
+pub(crate) type Classify = fn(StatusCode, &HeaderMap, &str) -> Outcome;
+
+/// A request that got no response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TransportFailure {
+    /// `true` when the request provably never reached the server (connection refused, DNS,
+    /// TLS handshake): retrying cannot duplicate anything.
+    pub never_sent: bool,
+    /// What went wrong, without the URL.
+    pub reason: String,
+}
+
+impl TransportFailure {
+    /// Every transport failure is transient.
+    pub fn into_outcome(self) -> Outcome {
+        Outcome::Retry {
+            after: None,
+            reason: self.reason,
+        }
+    }
+}
+
+/// One sink's connection to its API: the client and the sink's own rate-limit gate.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    pub client: reqwest::Client,
+    limiter: RateLimiter,
+}
+
+impl Endpoint {
+    /// A client with `timeout`, paced at `rate`.
+    pub fn new(timeout: Duration, rate: Option<Rate>) -> Result<Endpoint, SinkError> {
+        Ok(Endpoint {
+            client: client(timeout)?,
+            limiter: RateLimiter::new(rate),
+        })
+    }
+
+    /// Waits for the gate, sends and reads the answer. A Discord-style "bucket empty" header
+    /// holds back this sink's next request.
+    pub async fn exchange(&self, request: RequestBuilder) -> Result<Answer, TransportFailure> {
+        self.limiter.acquire().await;
+        let response = request.send().await.map_err(transport_failure)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = read_body(response).await;
+        if let Some(pause) = rate_limit_hint(&headers) {
+            self.pause(status, pause);
+        }
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// Holds back this sink's next request when `outcome` names a delay (a 429's
+    /// `Retry-After`).
+    pub fn honour(&self, status: StatusCode, outcome: &Outcome) {
+        if let Outcome::Retry {
+            after: Some(after), ..
+        } = outcome
+        {
+            self.pause(status, *after);
+        }
+    }
+
+    fn pause(&self, status: StatusCode, pause: Duration) {
+        tracing::debug!(
+            status = status.as_u16(),
+            pause_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+            "Server asked for a pause; holding this sink's next request."
+        );
+        self.limiter.defer(pause);
+    }
+
+    /// One attempt: [`Endpoint::exchange`], `classify`, [`Endpoint::honour`]; a transport
+    /// failure is a plain retry.
+    pub async fn attempt(&self, request: RequestBuilder, classify: Classify) -> Outcome {
+        match self.exchange(request).await {
+            Ok(answer) => {
+                let outcome = classify(answer.status, &answer.headers, &answer.body);
+                self.honour(answer.status, &outcome);
+                outcome
+            }
+            Err(failure) => failure.into_outcome(),
+        }
+    }
+}
+
+/// A URL that is a credential (Slack and Discord webhooks, a webhook with a token): its
+/// `Debug` is redacted, so a sink value can be debug-printed safely.
+#[derive(Clone)]
+pub(crate) struct SecretUrl(pub reqwest::Url);
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("**REDACTED**")
+    }
+}
+
+/// A server's answer, its body read to at most [`MAX_BODY_BYTES`].
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+/// Reads at most [`MAX_BODY_BYTES`] of the body, lossily as UTF-8; a broken body reads as
+/// whatever arrived before the break.
+async fn read_body(mut response: Response) -> String {
+    let mut bytes = Vec::new();
+    while bytes.len() < MAX_BODY_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = MAX_BODY_BYTES - bytes.len();
+                bytes.extend(chunk.iter().take(room));
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Discord's bucket headers: `X-RateLimit-Remaining: 0` with `X-RateLimit-Reset-After:
+/// <seconds>` means the next request would be a 429 until then \[DC-RL\]. Other APIs don't send
+/// `Reset-After`, so this is inert for them.
+pub(crate) fn rate_limit_hint(headers: &HeaderMap) -> Option<Duration> {
+    let remaining = header_str(headers, "x-ratelimit-remaining")?;
+    if remaining.trim() != "0" {
+        return None;
+    }
+    seconds(header_str(headers, "x-ratelimit-reset-after")?)
+}
+
+fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name)?.to_str().ok()
+}
+
+/// A non-negative decimal number of seconds, capped at [`MAX_DEFER`].
+pub(crate) fn seconds(text: &str) -> Option<Duration> {
+    let value: f64 = text.trim().parse().ok()?;
+    secs_f64(value)
+}
+
+/// Seconds as a float to a duration: `None` for negatives and NaN, capped at [`MAX_DEFER`].
+pub(crate) fn secs_f64(value: f64) -> Option<Duration> {
+    if value.is_nan() || value < 0.0 {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(value).map_or(MAX_DEFER, |d| d.min(MAX_DEFER)))
 }
 
 /// The default reading of an HTTP status (Vector's and Alertmanager's): 2xx delivered;
@@ -43,30 +210,20 @@ pub(crate) fn classify_status(status: StatusCode, headers: &HeaderMap, body: &st
     }
 }
 
-/// Reads a response and classifies it with [`classify_status`].
-pub(crate) async fn read_response(response: Response) -> Outcome {
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = if status.is_success() {
-        String::new()
-    } else {
-        response.text().await.unwrap_or_default()
-    };
-    classify_status(status, &headers, &body)
-}
-
-/// The outcome of a request that got no response. Every transport failure is transient;
-/// the reason never includes the URL.
-pub(crate) fn transport_error(error: reqwest::Error) -> Outcome {
-    let kind = if error.is_connect() {
+/// A request that got no response, described without its URL. A connect error (refused,
+/// DNS, TLS handshake) means the request never left; anything else (timeout, reset mid-way)
+/// is ambiguous.
+pub(crate) fn transport_failure(error: reqwest::Error) -> TransportFailure {
+    let never_sent = error.is_connect();
+    let kind = if never_sent {
         "cannot connect"
     } else if error.is_timeout() {
         "timed out"
     } else {
         "request failed"
     };
-    Outcome::Retry {
-        after: None,
+    TransportFailure {
+        never_sent,
         reason: format!("{kind}: {}", error_chain(&error.without_url())),
     }
 }
@@ -89,14 +246,19 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3).
 pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<f64>() {
-        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
+    if let Ok(value) = value.parse::<f64>() {
+        return secs_f64(value);
     }
     let when = httpdate::parse_http_date(value).ok()?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_DEFER),
+    )
 }
 
-fn excerpt(body: &str) -> String {
+/// A body on one line, cut for a log line.
+pub(crate) fn excerpt(body: &str) -> String {
     crate::text::one_line(body, ERROR_BODY_CHARS)
 }
 
@@ -145,6 +307,72 @@ mod tests {
             Some(Duration::from_secs(30))
         );
         assert_eq!(retry_after(&headers("soon"), now), None);
+        assert_eq!(retry_after(&headers("-1"), now), None);
+        assert_eq!(retry_after(&headers("NaN"), now), None);
+        assert_eq!(retry_after(&headers("1e300"), now), Some(MAX_DEFER));
+        assert_eq!(
+            retry_after(&headers("0.25"), now),
+            Some(Duration::from_millis(250))
+        );
         assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+}
+
+#[cfg(test)]
+mod paused_clock {
+    //! G4's "a 429 with `Retry-After: 7` waits at least 7 s", per sink classifier, through
+    //! the same `honour` → gate path a real response takes, on tokio's paused clock (no
+    //! sockets: a paused clock auto-advances whenever the runtime idles, which would fire
+    //! reqwest's own timeouts early).
+    use super::*;
+    use reqwest::header::HeaderValue;
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn every_sink_waits_out_retry_after() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        let twilio = |s: StatusCode, h: &HeaderMap, b: &str| match crate::twilio::classify(s, h, b)
+        {
+            crate::twilio::Verdict::Final(outcome) => outcome,
+            crate::twilio::Verdict::Ambiguous(reason) => Outcome::Rejected { reason },
+        };
+        let classifiers: [(&str, Classify); 6] = [
+            ("default", classify_status),
+            ("slack webhook", crate::slack::classify_webhook),
+            ("slack api", crate::slack::classify_api),
+            ("discord", crate::discord::classify),
+            ("pagerduty", crate::pagerduty::classify),
+            ("webhook", crate::webhook::classify),
+        ];
+        let mut all: Vec<(&str, Outcome)> = classifiers
+            .iter()
+            .map(|(name, classify)| (*name, classify(StatusCode::TOO_MANY_REQUESTS, &headers, "")))
+            .collect();
+        all.push((
+            "twilio",
+            twilio(StatusCode::TOO_MANY_REQUESTS, &headers, ""),
+        ));
+        for (name, outcome) in all {
+            let endpoint = Endpoint::new(Duration::from_secs(10), None).unwrap();
+            endpoint.honour(StatusCode::TOO_MANY_REQUESTS, &outcome);
+            let start = Instant::now();
+            endpoint.limiter.acquire().await;
+            assert_eq!(start.elapsed(), Duration::from_secs(7), "{name}");
+            // Once waited out, the gate is open again.
+            let again = Instant::now();
+            endpoint.limiter.acquire().await;
+            assert_eq!(again.elapsed(), Duration::ZERO, "{name}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn discord_bucket_headers_hold_the_gate() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+        headers.insert("x-ratelimit-reset-after", HeaderValue::from_static("2.5"));
+        assert_eq!(rate_limit_hint(&headers), Some(Duration::from_millis(2500)));
+        headers.insert("x-ratelimit-remaining", HeaderValue::from_static("3"));
+        assert_eq!(rate_limit_hint(&headers), None);
     }
 }

@@ -13,12 +13,20 @@
 
 pub mod alert;
 pub mod console;
+pub mod discord;
 mod http;
+pub mod pagerduty;
+pub mod present;
+pub mod ratelimit;
 pub mod secret;
 pub mod sink;
+pub mod slack;
+pub mod sms;
+pub mod template;
 pub mod text;
+pub mod twilio;
 pub mod webhook;
 
 pub use alert::{Alert, Kind, Severity};
 pub use secret::Secret;
-pub use sink::{Outcome, Sink, SinkConfig, SinkError};
+pub use sink::{Outcome, Sink, SinkConfig, SinkError, SINGLE_TARGET};

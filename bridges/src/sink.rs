@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::de::{Deserialize, Deserializer, Error as _};
 
-use crate::{console, webhook, Alert};
+use crate::{console, discord, pagerduty, slack, twilio, webhook, Alert};
 
 /// What one delivery attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,10 +34,31 @@ pub enum Outcome {
 /// A boxed delivery future, so that sinks of different types share one `dyn Sink` interface.
 pub type DeliverFuture<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
 
+/// The target of a sink with a single destination (every sink but Twilio).
+pub const SINGLE_TARGET: &str = "";
+
 /// Something that can carry an alert somewhere.
+///
+/// A sink has one or more *targets*: independent destinations that each get their own
+/// delivery, retried and recorded separately (Twilio: one per recipient number). The outbox
+/// keeps one row per (alert, sink, target), calls [`Sink::deliver_to`] for each, and never
+/// lets one target's failure hold up or re-send to another.
 pub trait Sink: Send + Sync {
-    /// Makes one delivery attempt.
+    /// Makes one delivery attempt to every target (for single-target sinks, the only one).
     fn deliver<'a>(&'a self, alert: &'a Alert) -> DeliverFuture<'a>;
+
+    /// The sink's targets, stable across restarts for an unchanged configuration; by default
+    /// one, [`SINGLE_TARGET`].
+    fn targets(&self) -> Vec<String> {
+        vec![SINGLE_TARGET.to_owned()]
+    }
+
+    /// Makes one delivery attempt to one target from [`Sink::targets`]. A target no longer
+    /// in the list (the configuration changed) is `Rejected`. By default: [`Sink::deliver`].
+    fn deliver_to<'a>(&'a self, alert: &'a Alert, target: &'a str) -> DeliverFuture<'a> {
+        let _ = target;
+        self.deliver(alert)
+    }
 }
 
 /// A sink's configuration could not be turned into a sink.
@@ -64,11 +85,26 @@ pub enum SinkConfig {
     Webhook(webhook::Config),
     /// Prints one line per alert on stdout.
     Console(console::Config),
+    /// Posts to Slack (incoming webhook or bot token).
+    Slack(slack::Config),
+    /// Executes a Discord webhook.
+    Discord(discord::Config),
+    /// Sends PagerDuty Events API v2 events.
+    PagerDuty(pagerduty::Config),
+    /// Sends SMS through Twilio, one delivery per recipient.
+    Twilio(twilio::Config),
 }
 
 impl SinkConfig {
     /// The accepted values of a sink's `type` key.
-    pub const TYPES: &'static [&'static str] = &["webhook", "console"];
+    pub const TYPES: &'static [&'static str] = &[
+        "webhook",
+        "console",
+        "slack",
+        "discord",
+        "pagerduty",
+        "twilio",
+    ];
 
     /// Deserializes the sink table of type `type_name` (the `type` key itself already taken
     /// out), so that errors point at the exact key within the table.
@@ -79,6 +115,10 @@ impl SinkConfig {
         match type_name {
             "webhook" => webhook::Config::deserialize(deserializer).map(SinkConfig::Webhook),
             "console" => console::Config::deserialize(deserializer).map(SinkConfig::Console),
+            "slack" => slack::Config::deserialize(deserializer).map(SinkConfig::Slack),
+            "discord" => discord::Config::deserialize(deserializer).map(SinkConfig::Discord),
+            "pagerduty" => pagerduty::Config::deserialize(deserializer).map(SinkConfig::PagerDuty),
+            "twilio" => twilio::Config::deserialize(deserializer).map(SinkConfig::Twilio),
             other => Err(D::Error::unknown_variant(other, Self::TYPES)),
         }
     }
@@ -88,6 +128,10 @@ impl SinkConfig {
         match self {
             SinkConfig::Webhook(_) => "webhook",
             SinkConfig::Console(_) => "console",
+            SinkConfig::Slack(_) => "slack",
+            SinkConfig::Discord(_) => "discord",
+            SinkConfig::PagerDuty(_) => "pagerduty",
+            SinkConfig::Twilio(_) => "twilio",
         }
     }
 
@@ -96,6 +140,25 @@ impl SinkConfig {
         match self {
             SinkConfig::Webhook(config) => config.validate(),
             SinkConfig::Console(_) => Ok(()),
+            SinkConfig::Slack(config) => config.validate(),
+            SinkConfig::Discord(config) => config.validate(),
+            SinkConfig::PagerDuty(config) => config.validate(),
+            SinkConfig::Twilio(config) => config.validate(),
+        }
+    }
+
+    /// Exactly what the sink would send for `alert` (for `herald classify --render`), with no
+    /// secret in it: the JSON body for HTTP sinks (PagerDuty's routing key shown as
+    /// `**REDACTED**`), an array of per-recipient form fields for Twilio, `{"line": …}` for
+    /// the console. URLs and headers are not part of it (they may be credentials).
+    pub fn render(&self, alert: &Alert) -> serde_json::Value {
+        match self {
+            SinkConfig::Webhook(_) => webhook::payload(alert),
+            SinkConfig::Console(_) => serde_json::json!({ "line": console::render(alert) }),
+            SinkConfig::Slack(config) => config.render(alert),
+            SinkConfig::Discord(config) => config.render(alert),
+            SinkConfig::PagerDuty(config) => config.render(alert),
+            SinkConfig::Twilio(config) => config.render(alert),
         }
     }
 
@@ -104,8 +167,19 @@ impl SinkConfig {
         Ok(match self {
             SinkConfig::Webhook(config) => Box::new(webhook::Webhook::new(config)?),
             SinkConfig::Console(config) => Box::new(console::Console::new(config)),
+            SinkConfig::Slack(config) => Box::new(slack::Slack::new(config)?),
+            SinkConfig::Discord(config) => Box::new(discord::Discord::new(config)?),
+            SinkConfig::PagerDuty(config) => Box::new(pagerduty::PagerDuty::new(config)?),
+            SinkConfig::Twilio(config) => Box::new(twilio::Twilio::new(config)?),
         })
     }
+}
+
+/// Deserializes an optional humane duration (see [`deserialize_duration`]).
+pub fn deserialize_optional_duration<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
+    deserialize_duration(d).map(Some)
 }
 
 /// Deserializes a humane duration such as `"30s"`, `"25m"` or `"1h"`.

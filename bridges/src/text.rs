@@ -1,5 +1,10 @@
 //! Text helpers shared by sinks: mail content is hostile, so what reaches a one-line medium
 //! has no control characters, and every cut falls on a character boundary.
+//!
+//! Guarantees: no function here panics on any input; every cut keeps the start of the text
+//! (the most useful part), falls between two characters and is marked with [`ELLIPSIS`] (or
+//! the caller's marker); [`fit`] never splits an escape sequence produced by its `escape`
+//! function, so a cut can never leave a broken `&amp;` or reopen a mention.
 
 /// The marker appended where text was cut.
 pub const ELLIPSIS: char = '…';
@@ -8,7 +13,7 @@ pub const ELLIPSIS: char = '…';
 /// spaces fold to one, and the result is at most `max_chars` characters (with [`ELLIPSIS`]
 /// as the last one when cut).
 pub fn one_line(text: &str, max_chars: usize) -> String {
-    let mut out = String::with_capacity(text.len().min(max_chars * 4));
+    let mut out = String::with_capacity(text.len().min(max_chars.saturating_mul(4)));
     let mut count = 0;
     let mut pending_space = false;
     for ch in text.chars() {
@@ -52,9 +57,135 @@ fn truncate_with_marker(mut text: String, max_chars: usize) -> String {
     text
 }
 
+/// A zero-width space: inserted to break up sequences a medium would interpret (a code fence,
+/// an `@mention`) without changing what a reader sees.
+pub const ZWSP: char = '\u{200B}';
+
+/// Appends `text` to `out`, escaped by `escape`, cut so that the result costs at most `budget`
+/// units (a unit is what `cost` says one output character costs: 1 for characters, 2 for a
+/// GSM-7 extension character, …). When cut, the end is trimmed of whitespace and `marker` is
+/// appended; an escape unit (the output of one `escape` call) is never split. Returns the
+/// escaped, fitted text.
+pub fn fit(
+    text: &str,
+    budget: usize,
+    marker: &str,
+    mut escape: impl FnMut(char, &mut String),
+    cost: impl Fn(char) -> usize,
+) -> String {
+    let marker_cost: usize = marker.chars().map(&cost).sum();
+    let mut out = String::new();
+    let mut used = 0usize;
+    // Byte length of `out` at the last point where the marker would still fit after it.
+    let mut cut_at = 0usize;
+    let mut piece = String::new();
+    for ch in text.chars() {
+        piece.clear();
+        escape(ch, &mut piece);
+        let piece_cost: usize = piece.chars().map(&cost).sum();
+        if used + piece_cost > budget {
+            out.truncate(cut_at);
+            let trimmed = out.trim_end().len();
+            out.truncate(trimmed);
+            if marker_cost <= budget {
+                out.push_str(marker);
+            }
+            return out;
+        }
+        out.push_str(&piece);
+        used += piece_cost;
+        if used + marker_cost <= budget {
+            cut_at = out.len();
+        }
+    }
+    out
+}
+
+/// [`fit`] counting characters, with [`ELLIPSIS`] as the marker.
+pub fn fit_chars(text: &str, max_chars: usize, escape: impl FnMut(char, &mut String)) -> String {
+    fit(text, max_chars, "…", escape, |_| 1)
+}
+
+/// The identity escape, for [`fit`].
+pub fn no_escape(ch: char, out: &mut String) {
+    out.push(ch);
+}
+
+/// The first `max_lines` lines of `body`, for a code block: CRLF and CR become LF, tabs become
+/// four spaces, every other control character is dropped, trailing spaces and blank lines are
+/// removed. When lines were left out, a last line says how many.
+pub fn first_lines(body: &str, max_lines: usize) -> String {
+    let normalized = body.replace("\r\n", "\n").replace('\r', "\n");
+    let mut out = String::new();
+    let mut total = 0usize;
+    for (index, line) in normalized.split('\n').enumerate() {
+        total = index + 1;
+        if index >= max_lines {
+            continue;
+        }
+        let mut clean = String::with_capacity(line.len());
+        for ch in line.chars() {
+            if ch == '\t' {
+                clean.push_str("    ");
+            } else if !ch.is_control() {
+                clean.push(ch);
+            }
+        }
+        out.push_str(clean.trim_end());
+        out.push('\n');
+    }
+    let kept = out.trim_end().len();
+    out.truncate(kept);
+    // Lines left out, not counting trailing blank ones.
+    let meaningful = normalized.trim_end().split('\n').count();
+    if total > max_lines && meaningful > max_lines {
+        out.push_str(&format!("\n[… {} more lines]", meaningful - max_lines));
+    }
+    out
+}
+
+/// Breaks every run of backticks with [`ZWSP`] so that text placed in a Markdown code block
+/// can never close it (or open another): "```" becomes "`\u{200B}`\u{200B}`".
+pub fn escape_backticks(ch: char, out: &mut String) {
+    out.push(ch);
+    if ch == '`' {
+        out.push(ZWSP);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fit_never_splits_an_escape() {
+        let amp = |ch: char, out: &mut String| {
+            if ch == '&' {
+                out.push_str("&amp;")
+            } else {
+                out.push(ch)
+            }
+        };
+        assert_eq!(fit_chars("a&b", 10, amp), "a&amp;b");
+        // "a&amp;" is 6, plus the marker 7 > 6: the whole escape goes.
+        assert_eq!(fit_chars("a&b", 6, amp), "a…");
+        assert_eq!(fit_chars("abc", 0, amp), "");
+        assert_eq!(fit("ab cd", 4, "...", no_escape, |_| 1), "a...");
+        assert_eq!(fit("abcdef", 5, "...", no_escape, |_| 1), "ab...");
+    }
+
+    #[test]
+    fn first_lines_keeps_the_start_and_counts_the_rest() {
+        assert_eq!(first_lines("a\r\nb\tc\x07\n\n", 5), "a\nb    c");
+        assert_eq!(first_lines("1\n2\n3\n4\n", 2), "1\n2\n[… 2 more lines]");
+    }
+
+    #[test]
+    fn backtick_runs_are_broken() {
+        let out = fit_chars("```x```", 100, escape_backticks);
+        assert!(!out.contains("``"));
+        assert_eq!(out.replace(ZWSP, ""), "```x```");
+    }
 
     #[test]
     fn one_line_strips_controls_and_folds_space() {

@@ -154,6 +154,7 @@ pub fn classify(message: &Message) -> Alert {
             .take(Alert::BODY_EXCERPT_CHARS)
             .collect(),
         truncated: message.truncated,
+        resolve: false,
     }
 }
 

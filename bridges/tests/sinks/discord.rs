@@ -1,0 +1,197 @@
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::fakes;
+use super::server::{refused_addr, Reply, Server};
+use super::*;
+
+const TOKEN: &str = "webhooktoken";
+
+async fn discord(script: Vec<Reply>, extra: serde_json::Value) -> (Server, SinkConfig) {
+    let server = Server::start(fakes::discord(TOKEN, script)).await;
+    let mut table = json!({
+        "webhook_url": server.url(&format!("/api/v10/webhooks/1/{TOKEN}")),
+        "rate_limit": "off",
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        table[k] = v.clone();
+    }
+    (server, config("discord", table))
+}
+
+#[tokio::test]
+async fn normal_alert_is_one_embed() {
+    let (server, config) = discord(vec![], json!({"username": "herald", "thread_id": "777"})).await;
+    assert_eq!(
+        build(&config).deliver(&Alert::sample()).await,
+        Outcome::Delivered
+    );
+    let request = &server.requests()[0];
+    assert_eq!(request.query(), "wait=true&thread_id=777");
+    let body = request.json();
+    assert_eq!(body, config.render(&Alert::sample()));
+    assert_eq!(body["username"], "herald");
+    assert_eq!(body["allowed_mentions"], json!({"parse": []}));
+    let embed = &body["embeds"][0];
+    assert_eq!(
+        embed["title"],
+        "WARNING: cron on web01.example.net: /usr/local/bin/backup.sh"
+    );
+    assert_eq!(embed["color"], 0xE6_7E22);
+    assert_eq!(
+        embed["fields"][0],
+        json!({"name": "Host", "value": "web01.example.net", "inline": true})
+    );
+    let description = embed["description"].as_str().unwrap();
+    assert!(
+        description.starts_with("backup.sh: error") && description.contains("\n\n```\nbackup.sh")
+    );
+}
+
+#[tokio::test]
+async fn hostile_alert_cannot_ping_and_fits() {
+    let (server, config) = discord(vec![], json!({})).await;
+    assert_eq!(
+        build(&config).deliver(&hostile_alert()).await,
+        Outcome::Delivered
+    );
+    let body = server.requests()[0].json();
+    let embed = &body["embeds"][0];
+    assert_eq!(embed["color"], 0x99_2D22);
+    let text = body.to_string();
+    assert!(text.contains("Ünïcødé 日本語 🔥"));
+    assert_eq!(text.matches("```").count(), 2, "only our own fences");
+    let title = embed["title"].as_str().unwrap();
+    assert!(
+        title.starts_with("CRITICAL: Cron <root@\u{200B}web01> @\u{200B}everyone"),
+        "{title}"
+    );
+    assert!(title.ends_with("Injected: line"), "one line: {title}");
+}
+
+#[tokio::test]
+async fn rate_limit_body_and_bucket_headers_are_honoured() {
+    let (server, config) = discord(
+        vec![
+            Reply::json(429, json!({"message": "You are being rate limited.", "retry_after": 0.6, "global": false}))
+                .header("retry-after", "1")
+                .header("x-ratelimit-scope", "user"),
+            // A success that empties the bucket: the next request waits for the reset.
+            Reply::json(200, json!({"id": "2"}))
+                .header("x-ratelimit-remaining", "0")
+                .header("x-ratelimit-reset-after", "0.5"),
+        ],
+        json!({}),
+    )
+    .await;
+    let sink = build(&config);
+    let first = sink.deliver(&Alert::sample()).await;
+    assert_eq!(
+        retry_after(&first),
+        Some(Duration::from_millis(600)),
+        "{first:?}"
+    );
+    assert_eq!(sink.deliver(&Alert::sample()).await, Outcome::Delivered);
+    assert_eq!(sink.deliver(&Alert::sample()).await, Outcome::Delivered);
+    let requests = server.requests();
+    assert!(
+        gap(&requests, 0, 1) >= Duration::from_millis(590),
+        "{:?}",
+        gap(&requests, 0, 1)
+    );
+    assert!(
+        gap(&requests, 1, 2) >= Duration::from_millis(490),
+        "{:?}",
+        gap(&requests, 1, 2)
+    );
+}
+
+#[tokio::test]
+async fn server_error_then_success() {
+    let (server, config) = discord(vec![Reply::new(502, "bad gateway")], json!({})).await;
+    let sink = build(&config);
+    assert!(is_retry(&sink.deliver(&Alert::sample()).await));
+    assert_eq!(sink.deliver(&Alert::sample()).await, Outcome::Delivered);
+    assert_eq!(server.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn unknown_webhook_is_rejected_once() {
+    let server = Server::start(fakes::discord(TOKEN, vec![])).await;
+    let config = config(
+        "discord",
+        json!({"webhook_url": server.url("/api/v10/webhooks/1/deleted")}),
+    );
+    let outcome = build(&config).deliver(&Alert::sample()).await;
+    assert!(is_rejected(&outcome), "{outcome:?}");
+    assert!(reason(&outcome).contains("10015") && reason(&outcome).contains("gone"));
+    assert!(
+        !reason(&outcome).contains("deleted"),
+        "no URL in the reason"
+    );
+    assert_eq!(server.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn invalid_form_body_is_rejected() {
+    let (_server, config) = discord(
+        vec![Reply::json(
+            400,
+            json!({"code": 50035, "message": "Invalid Form Body"}),
+        )],
+        json!({}),
+    )
+    .await;
+    let outcome = build(&config).deliver(&Alert::sample()).await;
+    assert!(
+        is_rejected(&outcome) && reason(&outcome).contains("50035"),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn connection_refused_is_retried() {
+    let addr = refused_addr().await;
+    let config = config(
+        "discord",
+        json!({"webhook_url": format!("http://{addr}/api/v10/webhooks/1/{TOKEN}")}),
+    );
+    assert!(is_retry(&build(&config).deliver(&Alert::sample()).await));
+}
+
+#[tokio::test]
+async fn template_replaces_the_description() {
+    let (server, config) =
+        discord(vec![], json!({"template": "{{ user }} on **{{ host }}**"})).await;
+    let mut alert = Alert::sample();
+    alert.user = Some("@everyone".into());
+    assert_eq!(build(&config).deliver(&alert).await, Outcome::Delivered);
+    let body = server.requests()[0].json();
+    assert_eq!(
+        body["embeds"][0]["description"],
+        "@\u{200B}everyone on **web01.example.net**"
+    );
+}
+
+#[test]
+fn bad_configs_are_refused() {
+    for (table, key) in [
+        (
+            json!({"webhook_url": "https://discord.com/api/v10/webhooks/1/t", "username": "Discord Bot"}),
+            "username",
+        ),
+        (
+            json!({"webhook_url": "https://discord.com/api/v10/webhooks/1/t", "thread_id": "abc"}),
+            "thread_id",
+        ),
+        (json!({"webhook_url": "discord.com/api"}), "webhook_url"),
+    ] {
+        let config = SinkConfig::deserialize_typed("discord", table).unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.starts_with(key), "{error}");
+    }
+    assert!(
+        SinkConfig::deserialize_typed("discord", json!({"webhook_url": "x", "colour": 1})).is_err()
+    );
+}
