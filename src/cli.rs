@@ -39,9 +39,19 @@ enum Command {
         /// One JSON object per message (JSON Lines).
         #[arg(long)]
         json: bool,
+        /// Add each target sink's exact payload (`payloads`) to the JSON.
+        #[arg(long, requires = "json")]
+        render: bool,
         /// Message files (.eml); `-` reads one message from standard input.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Send one test alert through one sink and report the outcome.
+    TestSink {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The sink's name, as in `[sinks.NAME]`.
+        name: String,
     },
     /// Print the version.
     Version,
@@ -69,8 +79,32 @@ pub fn main() -> ExitCode {
         Command::Classify {
             config,
             json,
+            render,
             files,
-        } => optional_config(&config).map(|config| classify(config.as_ref(), json, &files)),
+        } => optional_config(&config).map(|config| {
+            let format = match (json, render) {
+                (false, _) => Format::Text,
+                (true, false) => Format::Json,
+                (true, true) => Format::Render,
+            };
+            classify(config.as_ref(), format, &files)
+        }),
+        Command::TestSink { config, name } => load(&config).and_then(|config| {
+            let sink = config
+                .sinks
+                .get(&name)
+                .cloned()
+                .ok_or_else(|| ConfigError {
+                    file: config.path.clone(),
+                    position: None,
+                    key: Some(format!("sinks.{name}")),
+                    message: format!(
+                        "no such sink (defined: {})",
+                        config.sinks.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                })?;
+            Ok(test_sink(&name, &sink))
+        }),
         Command::Version => {
             println!("herald {}", env!("CARGO_PKG_VERSION"));
             Ok(Ok(()))
@@ -145,7 +179,15 @@ fn check(config: &Config, connect: bool) -> Result<()> {
     Ok(())
 }
 
-fn classify(config: Option<&Config>, json: bool, files: &[PathBuf]) -> Result<()> {
+/// How `classify` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Text,
+    Json,
+    Render,
+}
+
+fn classify(config: Option<&Config>, format: Format, files: &[PathBuf]) -> Result<()> {
     let router = config.map_or_else(
         || Router::new(Vec::new(), Vec::new()),
         |c| Router::new(c.rules.clone(), c.default_sinks.clone()),
@@ -167,16 +209,60 @@ fn classify(config: Option<&Config>, json: bool, files: &[PathBuf]) -> Result<()
         };
         let truncated = raw.len() > max;
         let decision = router.decide(raw.get(..max).unwrap_or(&raw), truncated);
-        if json {
-            writeln!(out, "{}", classify_json(file, &decision))?;
-        } else {
-            writeln!(out, "{}", classify_text(file, &decision))?;
+        match format {
+            Format::Text => writeln!(out, "{}", classify_text(file, &decision))?,
+            Format::Json => writeln!(out, "{}", classify_json(file, &decision))?,
+            Format::Render => {
+                let mut object = classify_json(file, &decision);
+                if let (Value::Object(fields), Some(config)) = (&mut object, config) {
+                    fields.insert("payloads".into(), payloads(config, &decision));
+                }
+                writeln!(out, "{object}")?;
+            }
         }
     }
     if failures > 0 {
         anyhow::bail!("{failures} file(s) could not be read");
     }
     Ok(())
+}
+
+/// What each target sink would send for `decision`: exactly the payload, never a secret.
+fn payloads(config: &Config, decision: &Decision) -> Value {
+    let mut payloads = Map::new();
+    for name in &decision.sinks {
+        if let Some(sink) = config.sinks.get(name) {
+            payloads.insert(name.clone(), sink.render(&decision.alert));
+        }
+    }
+    Value::Object(payloads)
+}
+
+/// Sends a sample alert through one sink.
+fn test_sink(name: &str, sink: &herald_bridges::SinkConfig) -> Result<()> {
+    let mut alert = herald_bridges::Alert::sample();
+    alert.title = format!("herald test alert for sink {name}");
+    alert.summary = "If you can read this, herald can deliver to this sink.".into();
+    alert.dedup_key = format!("herald-test:{name}");
+    let built = sink
+        .build()
+        .with_context(|| format!("cannot build sink {name:?}"))?;
+    let outcome = runtime()?.block_on(built.deliver(&alert));
+    match outcome {
+        herald_bridges::Outcome::Delivered => {
+            println!("{name}: delivered");
+            Ok(())
+        }
+        herald_bridges::Outcome::Retry { after, reason } => {
+            let after = after
+                .map(|d| format!(" (retry after {})", humantime::format_duration(d)))
+                .unwrap_or_default();
+            anyhow::bail!("{name}: temporary failure, herald would retry{after}: {reason}")
+        }
+        herald_bridges::Outcome::Rejected { reason } => {
+            anyhow::bail!("{name}: rejected, herald would not retry: {reason}")
+        }
+    }
 }
 
 fn read_message(file: &Path) -> Result<Vec<u8>> {

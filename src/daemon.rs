@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::deliver::{Wakers, Worker};
+use crate::deliver::{Fanout, Worker};
 use crate::mailbox::Mailbox;
 use crate::route::Router;
 use crate::store::Store;
@@ -28,20 +28,30 @@ pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Runs until a signal asks to stop, or a fatal error.
 pub async fn run(config: Config) -> Result<()> {
     let store = Arc::new(Store::open(&config.state.path)?);
-    let wakers = Wakers::new(config.sinks.keys());
+    let mut sinks = Vec::with_capacity(config.sinks.len());
+    for (name, sink_config) in &config.sinks {
+        let sink: Arc<dyn herald_bridges::Sink> = Arc::from(
+            sink_config
+                .build()
+                .with_context(|| format!("cannot build sink {name:?}"))?,
+        );
+        sinks.push((name.clone(), sink));
+    }
+    let fanout = Fanout::new(
+        sinks
+            .iter()
+            .map(|(name, sink)| (name.clone(), sink.targets())),
+    );
     let workers_stop = CancellationToken::new();
     let mut workers = JoinSet::new();
-    for (name, sink_config) in &config.sinks {
-        let sink = sink_config
-            .build()
-            .with_context(|| format!("cannot build sink {name:?}"))?;
-        let worker = Worker::new(name.clone(), sink, store.clone(), &wakers);
+    for (name, sink) in sinks {
+        let worker = Worker::new(name.clone(), sink, store.clone(), &fanout);
         let stop = workers_stop.clone();
         let name = name.clone();
         workers.spawn(async move { (name, worker.run(stop).await) });
     }
     let router = Router::new(config.rules.clone(), config.default_sinks.clone());
-    let mailbox = Mailbox::new(config.imap.clone(), router, store, wakers)?;
+    let mailbox = Mailbox::new(config.imap.clone(), router, store, fanout)?;
     let mailbox_stop = CancellationToken::new();
     let mut mailbox_task = {
         let stop = mailbox_stop.clone();

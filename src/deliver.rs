@@ -1,5 +1,8 @@
 //! Delivery: one worker per sink drains that sink's outbox rows.
 //!
+//! The outbox has one row per (alert, sink, target): a sink with several targets (Twilio's
+//! recipients) gets independent rows, so one bad number never blocks or re-sends the others.
+//!
 //! Workers are independent, so one sink's outage never delays another. A worker reads due
 //! rows in batches, makes one attempt per row, and records the outcome: `sent` only after the
 //! sink confirmed, `dead` when the sink rejected the alert for good, otherwise the row stays
@@ -19,7 +22,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::store::{now_ms, Store};
+use crate::store::{now_ms, Destination, Store};
 
 /// How long a failed delivery waits before its next attempt (when the receiver gave no
 /// `Retry-After`): long enough not to hammer a sink that is down, short enough that a brief
@@ -32,47 +35,74 @@ const BATCH: usize = 32;
 /// How long an idle worker sleeps when no row is scheduled: it is woken by [`Wakers`] anyway.
 const IDLE_RECHECK: Duration = Duration::from_secs(3600);
 
-/// One wake-up signal per sink, so the mailbox can tell a worker that rows were committed.
+/// What the mailbox needs to know of the sinks: each sink's targets, to write one outbox row
+/// per destination, and a wake-up signal per sink, to tell its worker that rows were committed.
 #[derive(Debug, Clone, Default)]
-pub struct Wakers(Arc<HashMap<String, Arc<Notify>>>);
+pub struct Fanout(Arc<HashMap<String, Outlet>>);
 
-impl Wakers {
-    /// One signal for each named sink.
-    pub fn new<'a>(sinks: impl IntoIterator<Item = &'a String>) -> Wakers {
-        Wakers(Arc::new(
+#[derive(Debug, Default)]
+struct Outlet {
+    targets: Vec<String>,
+    wake: Arc<Notify>,
+}
+
+impl Fanout {
+    /// From each sink's name and targets.
+    pub fn new(sinks: impl IntoIterator<Item = (String, Vec<String>)>) -> Fanout {
+        Fanout(Arc::new(
             sinks
                 .into_iter()
-                .map(|name| (name.clone(), Arc::new(Notify::new())))
+                .map(|(name, targets)| {
+                    let outlet = Outlet {
+                        targets,
+                        wake: Arc::default(),
+                    };
+                    (name, outlet)
+                })
                 .collect(),
         ))
+    }
+
+    /// Every destination of the named sinks, in order.
+    pub fn destinations(&self, sinks: &[String]) -> Vec<Destination> {
+        sinks
+            .iter()
+            .filter_map(|sink| self.0.get(sink).map(|outlet| (sink, outlet)))
+            .flat_map(|(sink, outlet)| {
+                outlet.targets.iter().map(|target| Destination {
+                    sink: sink.clone(),
+                    target: target.clone(),
+                })
+            })
+            .collect()
     }
 
     /// Wakes the workers of `sinks`. A worker that is busy keeps the wake-up for later.
     pub fn wake(&self, sinks: &[String]) {
         for sink in sinks {
-            if let Some(notify) = self.0.get(sink) {
-                notify.notify_one();
+            if let Some(outlet) = self.0.get(sink) {
+                outlet.wake.notify_one();
             }
         }
     }
 
-    fn get(&self, sink: &str) -> Arc<Notify> {
-        self.0.get(sink).cloned().unwrap_or_default()
+    fn signal(&self, sink: &str) -> Arc<Notify> {
+        self.0.get(sink).map(|o| o.wake.clone()).unwrap_or_default()
     }
 }
 
 /// Delivers one sink's rows.
 pub struct Worker {
     name: String,
-    sink: Box<dyn Sink>,
+    sink: Arc<dyn Sink>,
     store: Arc<Store>,
     wake: Arc<Notify>,
 }
 
 impl Worker {
     /// A worker for sink `name`.
-    pub fn new(name: String, sink: Box<dyn Sink>, store: Arc<Store>, wakers: &Wakers) -> Worker {
-        let wake = wakers.get(&name);
+    pub fn new(name: String, sink: Arc<dyn Sink>, store: Arc<Store>, fanout: &Fanout) -> Worker {
+        let wake = fanout.signal(&name);
         Worker {
             name,
             sink,
@@ -101,9 +131,9 @@ impl Worker {
             let mut sent = Vec::with_capacity(due.len());
             let mut pause = None;
             for row in due {
-                match self.sink.deliver(&row.alert).await {
+                match self.sink.deliver_to(&row.alert, &row.target).await {
                     Outcome::Delivered => {
-                        info!(sink = %self.name, id = row.id, title = %row.alert.title, "Alert delivered.");
+                        info!(sink = %self.name, id = row.id, target = %row.target, title = %row.alert.title, "Alert delivered.");
                         sent.push(row.id);
                     }
                     Outcome::Retry { after, reason } => {

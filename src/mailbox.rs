@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{ImapConfig, Processed, TlsMode};
-use crate::deliver::Wakers;
+use crate::deliver::Fanout;
 use crate::route::Router;
 use crate::store::{self, Store};
 
@@ -85,7 +85,7 @@ pub struct Mailbox {
     imap: Imap,
     router: Router,
     store: Arc<Store>,
-    wakers: Wakers,
+    fanout: Fanout,
 }
 
 /// What the server told us at SELECT.
@@ -101,13 +101,13 @@ impl Mailbox {
         config: ImapConfig,
         router: Router,
         store: Arc<Store>,
-        wakers: Wakers,
+        fanout: Fanout,
     ) -> Result<Self> {
         Ok(Mailbox {
             imap: Imap::new(config)?,
             router,
             store,
-            wakers,
+            fanout,
         })
     }
 
@@ -342,15 +342,23 @@ impl Mailbox {
         if chunk.is_empty() {
             return Ok(Vec::new());
         }
+        // One row per destination: a sink with several targets gets one row for each.
+        let destinations: Vec<Vec<store::Destination>> = chunk
+            .iter()
+            .map(|(_, decision)| {
+                if decision.dropped {
+                    Vec::new()
+                } else {
+                    self.fanout.destinations(&decision.sinks)
+                }
+            })
+            .collect();
         let batch: Vec<store::Processed<'_>> = chunk
             .iter()
-            .map(|(uid, decision)| {
-                let delivery = (!decision.dropped && !decision.sinks.is_empty())
-                    .then_some((&decision.alert, decision.sinks.as_slice()));
-                store::Processed {
-                    uid: *uid,
-                    delivery,
-                }
+            .zip(&destinations)
+            .map(|((uid, decision), to)| store::Processed {
+                uid: *uid,
+                delivery: (!to.is_empty()).then_some((&decision.alert, to.as_slice())),
             })
             .collect();
         let cursor = chunk.iter().map(|(uid, _)| *uid).max().unwrap_or(0);
@@ -381,7 +389,7 @@ impl Mailbox {
                 info!(uid, kind = %alert.kind, rule = alert.rule.as_deref().unwrap_or("-"), sinks = %decision.sinks.join(","), "Alert queued.");
             }
         }
-        self.wakers.wake(&touched);
+        self.fanout.wake(&touched);
         let uids = chunk.drain(..).map(|(uid, _)| uid).collect();
         Ok(uids)
     }

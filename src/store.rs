@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     id              INTEGER PRIMARY KEY,
     alert_id        INTEGER NOT NULL REFERENCES alerts (id),
     sink            TEXT NOT NULL,
+    target          TEXT NOT NULL DEFAULT '',
     state           TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'dead')),
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at INTEGER NOT NULL,
@@ -84,13 +85,22 @@ pub struct Cursor {
     pub last_uid: u32,
 }
 
+/// One delivery destination: a sink, and one of its targets (see `Sink::targets`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// The sink's name.
+    pub sink: String,
+    /// The target within the sink (`""` for single-target sinks).
+    pub target: String,
+}
+
 /// One processed message of a batch.
 #[derive(Debug, Clone)]
 pub struct Processed<'a> {
     /// Its UID.
     pub uid: u32,
-    /// Its alert and target sinks; `None` when a rule dropped it or no sink was configured.
-    pub delivery: Option<(&'a Alert, &'a [String])>,
+    /// Its alert and destinations; `None` when a rule dropped it or no sink was configured.
+    pub delivery: Option<(&'a Alert, &'a [Destination])>,
 }
 
 /// An outbox row due for delivery.
@@ -98,6 +108,8 @@ pub struct Processed<'a> {
 pub struct Due {
     /// The row's id.
     pub id: i64,
+    /// The sink's target for this row.
+    pub target: String,
     /// The alert to deliver.
     pub alert: Alert,
     /// Delivery attempts so far.
@@ -183,8 +195,8 @@ impl Store {
                  ON CONFLICT (mailbox, uidvalidity, uid) DO NOTHING",
             )?;
             let mut insert_row = tx.prepare_cached(
-                "INSERT INTO outbox (alert_id, sink, state, next_attempt_at, created_at, updated_at)
-                 VALUES (?1, ?2, 'pending', ?3, ?3, ?3)",
+                "INSERT INTO outbox (alert_id, sink, target, state, next_attempt_at, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?4)",
             )?;
             let mut insert_mark = tx.prepare_cached(
                 "INSERT OR IGNORE INTO imap_marks (mailbox, uidvalidity, uid) VALUES (?1, ?2, ?3)",
@@ -197,7 +209,7 @@ impl Store {
                 if mark {
                     insert_mark.execute(params![mailbox, uidvalidity, item.uid])?;
                 }
-                let Some((alert, sinks)) = item.delivery else {
+                let Some((alert, destinations)) = item.delivery else {
                     continue;
                 };
                 let json = serde_json::to_string(alert)?;
@@ -213,10 +225,10 @@ impl Store {
                     continue; // already stored by an earlier run: its rows exist
                 }
                 let alert_id = tx.last_insert_rowid();
-                for sink in sinks {
-                    insert_row.execute(params![alert_id, sink, now])?;
-                    if !touched.contains(sink) {
-                        touched.push(sink.clone());
+                for d in destinations {
+                    insert_row.execute(params![alert_id, d.sink, d.target, now])?;
+                    if !touched.contains(&d.sink) {
+                        touched.push(d.sink.clone());
                     }
                 }
             }
@@ -330,22 +342,28 @@ impl Store {
     pub fn due(&self, sink: &str, now: i64, limit: usize) -> Result<Vec<Due>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT o.id, a.alert, o.attempts FROM outbox o JOIN alerts a ON a.id = o.alert_id
+            "SELECT o.id, o.target, a.alert, o.attempts FROM outbox o JOIN alerts a ON a.id = o.alert_id
              WHERE o.sink = ?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
              ORDER BY o.next_attempt_at, o.id LIMIT ?3",
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = stmt
             .query_map(params![sink, now, limit], |row| {
-                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get(2)?))
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get(3)?,
+                ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
-            .map(|(id, json, attempts)| {
+            .map(|(id, target, json, attempts)| {
                 let alert = serde_json::from_str(&json)
                     .with_context(|| format!("outbox row {id} holds an unreadable alert"))?;
                 Ok(Due {
                     id,
+                    target,
                     alert,
                     attempts,
                 })
@@ -422,6 +440,16 @@ impl Store {
 mod tests {
     use super::*;
 
+    fn to(sinks: &[&str]) -> Vec<Destination> {
+        sinks
+            .iter()
+            .map(|s| Destination {
+                sink: (*s).into(),
+                target: String::new(),
+            })
+            .collect()
+    }
+
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("sub/herald.db")).unwrap();
@@ -432,7 +460,7 @@ mod tests {
     fn batch_commit_stores_alerts_rows_marks_and_cursor() {
         let (_dir, store) = store();
         let alert = Alert::sample();
-        let sinks = vec!["a".to_string(), "b".to_string()];
+        let sinks = to(&["a", "b"]);
         let batch = [
             Processed {
                 uid: 3,
@@ -444,7 +472,7 @@ mod tests {
             },
         ];
         let touched = store.commit_batch("INBOX", 7, &batch, 4, true).unwrap();
-        assert_eq!(touched, sinks);
+        assert_eq!(touched, vec!["a".to_string(), "b".to_string()]);
         assert_eq!(
             store.cursor("INBOX").unwrap(),
             Some(Cursor {
@@ -486,7 +514,7 @@ mod tests {
     fn outbox_states() {
         let (_dir, store) = store();
         let alert = Alert::sample();
-        let sinks = ["a".to_string()];
+        let sinks = to(&["a"]);
         let batch: Vec<_> = (1..=3)
             .map(|uid| Processed {
                 uid,

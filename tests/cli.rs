@@ -199,3 +199,111 @@ fn version_prints_the_version() {
         format!("herald {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+fn webhook_config(dir: &Path, url: &str) -> String {
+    write(
+        dir,
+        &format!(
+            "[imap]\nhost = \"127.0.0.1\"\ntls = \"none\"\nusername = \"u\"\npassword = \"p\"\n\
+             [sinks.hook]\ntype = \"webhook\"\nurl = \"{url}\"\n\
+             [sinks.chat]\ntype = \"slack\"\nwebhook_url = \"https://hooks.slack.com/services/T0/B0/S3CRET\"\n\
+             [[rules]]\nname = \"all\"\nsinks = [\"hook\", \"chat\"]\n"
+        ),
+    )
+}
+
+async fn herald_async(args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
+        .env_remove("HERALD_CONFIG")
+        .output()
+        .await
+        .expect("running herald")
+}
+
+#[tokio::test]
+async fn test_sink_delivers_a_sample_alert_and_reports_failures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut receiver =
+        herald_testkit::Receiver::with_script(vec![herald_testkit::Reply::status(503)])
+            .await
+            .expect("receiver");
+    let config = webhook_config(dir.path(), &receiver.url());
+
+    let out = herald_async(&["test-sink", "-c", &config, "hook"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("hook: temporary failure, herald would retry: HTTP 503"),
+        "{stderr}"
+    );
+    receiver
+        .next(std::time::Duration::from_secs(5))
+        .await
+        .expect("first request");
+
+    let out = herald_async(&["test-sink", "-c", &config, "hook"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hook: delivered"
+    );
+    let got = receiver
+        .next(std::time::Duration::from_secs(5))
+        .await
+        .expect("second request");
+    assert_eq!(got.body["title"], "herald test alert for sink hook");
+
+    let out = herald_async(&["test-sink", "-c", &config, "nope"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("sinks.nope: no such sink (defined: chat, hook)"));
+}
+
+#[test]
+fn classify_render_shows_each_sinks_payload_without_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = webhook_config(dir.path(), "https://example.net/hook?token=HOOKSECRET");
+    let mail = dir.path().join("m.eml");
+    std::fs::write(
+        &mail,
+        herald_testkit::plain_mail("<!channel> disk <b>full</b> & more", "@here everyone\n"),
+    )
+    .expect("write");
+    let out = herald(
+        &[
+            "classify",
+            "--json",
+            "--render",
+            "-c",
+            &config,
+            mail.to_str().expect("path"),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("S3CRET") && !stdout.contains("HOOKSECRET"),
+        "{stdout}"
+    );
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json");
+    assert_eq!(
+        json["payloads"]["hook"]["title"],
+        "<!channel> disk <b>full</b> & more"
+    );
+    let slack = json["payloads"]["chat"].to_string();
+    assert!(
+        slack.contains("&lt;!channel&gt;") && slack.contains("&amp;"),
+        "{slack}"
+    );
+    assert!(!slack.contains("<!channel>"), "{slack}");
+}

@@ -439,3 +439,70 @@ async fn idle_latency_is_close_to_dovecots_own_notice() {
     // herald. The benchmark measures the precise figure.
     assert!(latency < Duration::from_secs(3), "latency {latency:?}");
 }
+
+#[tokio::test]
+async fn each_twilio_recipient_is_its_own_delivery() {
+    let mut env = env(Dovecot::start().await.expect("dovecot")).await;
+    let rejected = r#"{"code": 21211, "message": "The 'To' number +15550000001 is not a valid phone number.", "more_info": "https://www.twilio.com/docs/errors/21211", "status": 400}"#;
+    let mut twilio = Receiver::with_script(vec![herald_testkit::Reply::status(400)
+        .header("content-type", "application/json")
+        .body(rejected)])
+    .await
+    .expect("receiver");
+    let config = env.config(&Imap::plain(&env.dovecot));
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text = text.replace(
+        "sinks = [\"hook\"]\n\n[sinks.hook]",
+        "sinks = [\"sms\"]\n\n[sinks.hook]",
+    );
+    text.push_str(&format!(
+        "\n[sinks.sms]\ntype = \"twilio\"\naccount_sid = \"AC00000000000000000000000000000000\"\nauth_token = \"tw-token\"\n\
+         from = \"+15005550006\"\nto = [\"+15550000001\", \"+15550000002\"]\napi_base = \"http://127.0.0.1:{}\"\n",
+        twilio.port()
+    ));
+    std::fs::write(&config, text).expect("config");
+    let herald = start_herald(&config).await;
+
+    env.dovecot
+        .append("INBOX", &plain_mail("disk full", "x\n"))
+        .await
+        .expect("append");
+    let to = |r: &herald_testkit::Received| {
+        let body = String::from_utf8_lossy(&r.raw).to_string();
+        body.split('&')
+            .find_map(|kv| kv.strip_prefix("To="))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let first = twilio
+        .next(DEADLINE)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", herald.stderr()));
+    let second = twilio.next(DEADLINE).await.expect("second recipient");
+    assert_eq!(
+        (to(&first), first.status),
+        ("%2B15550000001".to_string(), 400)
+    );
+    assert_eq!(
+        (to(&second), second.status),
+        ("%2B15550000002".to_string(), 200)
+    );
+    herald
+        .wait_for_stderr("dead-lettered", DEADLINE)
+        .await
+        .expect("dead letter logged");
+
+    // The next alert goes to both again; the rejected one was not retried in between.
+    env.dovecot
+        .append("INBOX", &plain_mail("sentinel", "x\n"))
+        .await
+        .expect("append");
+    let third = twilio.next(DEADLINE).await.expect("third");
+    let fourth = twilio.next(DEADLINE).await.expect("fourth");
+    assert_eq!(
+        (to(&third), to(&fourth)),
+        ("%2B15550000001".to_string(), "%2B15550000002".to_string())
+    );
+    assert!(String::from_utf8_lossy(&third.raw).contains("sentinel"));
+    assert!(!herald.stderr().contains("tw-token"));
+}
