@@ -39,7 +39,7 @@ use crate::store::{self, Store};
 
 /// Messages committed per transaction: one fsync per chunk rather than per message, and a
 /// bound on the alerts held in memory.
-pub const CHUNK: usize = 256;
+pub const CHUNK: usize = 128;
 
 /// UIDs per UID FETCH / STORE command when the set is an explicit list, keeping command
 /// lines far below servers' limits (Dovecot accepts 64 KiB: `imap_max_line_length`).
