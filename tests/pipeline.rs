@@ -284,8 +284,10 @@ async fn a_certificate_from_another_ca_is_refused() {
         .wait_for_stderr("TLS handshake with 127.0.0.1 failed", DEADLINE)
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", herald.stderr()));
+    // Refused whichever way rustls words it: an unknown issuer, or (the unrelated CA has
+    // the same name) a signature that does not verify.
     assert!(
-        herald.stderr().contains("UnknownIssuer"),
+        herald.stderr().contains("invalid peer certificate"),
         "{}",
         herald.stderr()
     );
@@ -442,7 +444,7 @@ async fn idle_latency_is_close_to_dovecots_own_notice() {
 
 #[tokio::test]
 async fn each_twilio_recipient_is_its_own_delivery() {
-    let mut env = env(Dovecot::start().await.expect("dovecot")).await;
+    let env = env(Dovecot::start().await.expect("dovecot")).await;
     let rejected = r#"{"code": 21211, "message": "The 'To' number +15550000001 is not a valid phone number.", "more_info": "https://www.twilio.com/docs/errors/21211", "status": 400}"#;
     let mut twilio = Receiver::with_script(vec![herald_testkit::Reply::status(400)
         .header("content-type", "application/json")
