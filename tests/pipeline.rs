@@ -508,3 +508,73 @@ async fn each_twilio_recipient_is_its_own_delivery() {
     assert!(String::from_utf8_lossy(&third.raw).contains("sentinel"));
     assert!(!herald.stderr().contains("tw-token"));
 }
+
+#[tokio::test]
+async fn check_connect_logs_in_or_says_why_not() {
+    let env = env(Dovecot::start().await.expect("dovecot")).await;
+    let config = env.config(&Imap::plain(&env.dovecot));
+    let mut ok = common::spawn(&["check", "--connect", "-c", config.to_str().expect("path")]);
+    let status = ok.wait_exit(DEADLINE).await.expect("exit");
+    assert!(status.success(), "{}", ok.stderr());
+    assert!(
+        ok.stdout()
+            .contains("logged in, mailbox \"INBOX\" selected"),
+        "{}",
+        ok.stdout()
+    );
+
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("${TEST_IMAP_PASSWORD}", "wrong");
+    std::fs::write(&config, text).expect("config");
+    let mut refused = common::spawn(&["check", "--connect", "-c", config.to_str().expect("path")]);
+    let status = refused.wait_exit(DEADLINE).await.expect("exit");
+    assert_eq!(status.code(), Some(1), "{}", refused.stderr());
+    assert!(
+        refused.stderr().contains("login as \"herald\" refused"),
+        "{}",
+        refused.stderr()
+    );
+}
+
+#[tokio::test]
+async fn a_failing_sink_does_not_delay_another() {
+    let mut env = env(Dovecot::start().await.expect("dovecot")).await;
+    let down = Receiver::with_script(vec![herald_testkit::Reply::status(503); 100])
+        .await
+        .expect("receiver");
+    let config = env.config(&Imap::plain(&env.dovecot));
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        "sinks = [\"hook\"]\n\n[sinks.hook]",
+        "sinks = [\"down\", \"hook\"]\n\n[sinks.hook]",
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "{text}\n[sinks.down]\ntype = \"webhook\"\nurl = \"{}\"\n",
+            down.url()
+        ),
+    )
+    .expect("config");
+    let herald = start_herald(&config).await;
+
+    for i in 0..3 {
+        env.dovecot
+            .append("INBOX", &plain_mail(&format!("m{i}"), "x\n"))
+            .await
+            .expect("append");
+    }
+    for i in 0..3 {
+        let got = env
+            .receiver
+            .next(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", herald.stderr()));
+        assert_eq!(got.body["title"], format!("m{i}"));
+    }
+    herald
+        .wait_for_stderr("Delivery failed, will retry.", DEADLINE)
+        .await
+        .expect("retrying");
+    assert!(down.count() >= 1);
+}
