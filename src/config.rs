@@ -241,6 +241,32 @@ fn default_state_path() -> PathBuf {
     PathBuf::from("/var/lib/herald/herald.db")
 }
 
+/// `[server]`: the daemon process itself.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`; unset: not served.
+    pub listen: Option<std::net::SocketAddr>,
+    /// How long deliveries in flight may take to finish at shutdown.
+    #[serde(default = "default_shutdown_timeout", deserialize_with = "deserialize_duration")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: None,
+            shutdown_timeout: default_shutdown_timeout(),
+        }
+    }
+}
+
+/// 20 s (Vector's and reliability.md G10's): under the 30 s that Docker and systemd wait
+/// before SIGKILL.
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+
 /// `[defaults]`.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -258,6 +284,8 @@ struct RawConfig {
     #[serde(default)]
     state: StateConfig,
     #[serde(default)]
+    server: ServerConfig,
+    #[serde(default)]
     defaults: RawDefaults,
     #[serde(default)]
     rules: Vec<RawRule>,
@@ -272,6 +300,8 @@ pub struct Config {
     pub imap: ImapConfig,
     /// `[state]`.
     pub state: StateConfig,
+    /// `[server]`.
+    pub server: ServerConfig,
     /// `[defaults] sinks`: where unrouted alerts go.
     pub default_sinks: Vec<String>,
     /// `[sinks.NAME]`, by name.
@@ -456,6 +486,7 @@ impl Context<'_> {
             path: self.path.to_owned(),
             imap,
             state: raw.state,
+            server: raw.server,
             default_sinks,
             sinks,
             rules,

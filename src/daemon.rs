@@ -3,12 +3,11 @@
 //!
 //! Shutdown follows the source-first rule: the mailbox stops taking mail (it leaves IDLE and
 //! logs out), then the workers finish the attempt they are making, bounded by
-//! [`SHUTDOWN_TIMEOUT`]; whatever is undelivered stays queued for the next start. A failing
+//! `[server] shutdown_timeout`; whatever is undelivered stays queued for the next start. A failing
 //! store stops everything with an error, so the supervisor restarts herald rather than have it
 //! run without durability.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use tokio::task::JoinSet;
@@ -20,10 +19,6 @@ use crate::deliver::{Fanout, Worker};
 use crate::mailbox::Mailbox;
 use crate::route::Router;
 use crate::store::Store;
-
-/// How long in-flight deliveries may take to finish at shutdown (Vector's and reliability.md
-/// G10's 20 s): under the 30 s that Docker and systemd wait before SIGKILL.
-pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Runs until a signal asks to stop, or a fatal error.
 pub async fn run(config: Config) -> Result<()> {
@@ -65,6 +60,7 @@ pub async fn run(config: Config) -> Result<()> {
         "herald started."
     );
 
+    let shutdown_timeout = config.server.shutdown_timeout;
     let failure = tokio::select! {
         () = shutdown_signal() => None,
         result = &mut mailbox_task => Some(match result {
@@ -85,7 +81,7 @@ pub async fn run(config: Config) -> Result<()> {
 
     mailbox_stop.cancel();
     if !mailbox_task.is_finished() {
-        match tokio::time::timeout(SHUTDOWN_TIMEOUT, &mut mailbox_task).await {
+        match tokio::time::timeout(shutdown_timeout, &mut mailbox_task).await {
             Ok(Ok(Err(error))) => {
                 warn!(error = %format!("{error:#}"), "The mailbox failed while stopping.")
             }
@@ -97,7 +93,7 @@ pub async fn run(config: Config) -> Result<()> {
         }
     }
     workers_stop.cancel();
-    let deadline = tokio::time::sleep(SHUTDOWN_TIMEOUT);
+    let deadline = tokio::time::sleep(shutdown_timeout);
     tokio::pin!(deadline);
     loop {
         tokio::select! {
