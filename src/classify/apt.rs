@@ -81,6 +81,7 @@ pub(super) fn recognise_unattended_upgrades(message: &Message) -> Option<Finding
         },
     );
     let count = packages.len();
+    let packages_text = packages.join(" ");
     finding.title = if success {
         format!("unattended-upgrades on {host}: {count} package(s) upgraded")
     } else {
@@ -89,9 +90,14 @@ pub(super) fn recognise_unattended_upgrades(message: &Message) -> Option<Finding
     if reboot {
         finding.title.push_str(" (reboot required)");
     }
-    finding.summary = result_text
-        .map(str::to_owned)
-        .unwrap_or_else(|| super::summary_of(message));
+    finding.summary = match result_text {
+        // 0.x says only `True`/`False`; the package list says more.
+        Some(r) if r.eq_ignore_ascii_case("true") && count > 0 => {
+            format!("upgraded: {packages_text}")
+        }
+        Some(r) => r.to_owned(),
+        None => super::summary_of(message),
+    };
     finding.dedup_key = format!(
         "unattended-upgrades:{host}:{}",
         if success { "success" } else { "failure" }

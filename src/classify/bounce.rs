@@ -109,7 +109,26 @@ pub(super) fn recognise(message: &Message) -> Option<Finding> {
         .or_else(|| recipients.first())
         .map(|b| b.as_slice())
         .unwrap_or_default();
-    let body_address = ADDRESS.captures(&message.body);
+    let body_address = ADDRESS.captures(super::text::prefix(&message.body, 16 * 1024));
+    // The explanation after the address: the rest of its line and the indented lines under it
+    // (Postfix: `<a@b>: host mx said: 550 ...`, Exim: `  a@b` then `    SMTP error ...`).
+    let body_explanation = body_address.as_ref().and_then(|c| {
+        let all = c.get(0)?;
+        let rest = message.body.get(all.end()..)?;
+        let mut text = c.get(2).map_or("", |m| m.as_str()).trim().to_owned();
+        for line in rest
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with([' ', '\t']) && !l.trim().is_empty())
+            .take(10)
+        {
+            if !text.is_empty() {
+                text.push(' ');
+            }
+            text.push_str(line.trim());
+        }
+        (!text.is_empty()).then_some(text)
+    });
     let recipient = get(recipient_block, "final-recipient")
         .map(typed_value)
         .or_else(|| get(recipient_block, "original-recipient").map(typed_value))
@@ -122,13 +141,7 @@ pub(super) fn recognise(message: &Message) -> Option<Finding> {
         .unwrap_or_default();
     let diagnostic = get(recipient_block, "diagnostic-code")
         .map(typed_value)
-        .or_else(|| {
-            body_address
-                .as_ref()
-                .and_then(|c| c.get(2))
-                .map(|m| m.as_str())
-                .filter(|d| !d.is_empty())
-        });
+        .or(body_explanation.as_deref());
     let status_code = get(recipient_block, "status")
         .and_then(super::text::first_word)
         .or_else(|| {
@@ -167,7 +180,8 @@ pub(super) fn recognise(message: &Message) -> Option<Finding> {
     finding.dedup_key = format!("bounce:{recipient}:{}", status_code.unwrap_or(&action));
     finding.host = reporting_mta
         .filter(|h| super::is_host_name(h))
-        .map(str::to_owned);
+        .map(str::to_owned)
+        .or_else(|| message.from_domain());
     finding.failed = Some(failed);
     finding.fact("recipient", recipient);
     finding.fact("action", &action);

@@ -279,8 +279,19 @@ fn job(
 fn failure_summary(message: &Message) -> String {
     let body = journal_output(&message.body);
     first_failure_line(body)
+        .or_else(|| {
+            // run-parts prints `/etc/cron.daily/NAME:` before each script's output.
+            body.lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !is_run_parts_header(l))
+        })
         .map(str::to_owned)
         .unwrap_or_else(|| summary_of(message))
+}
+
+/// run-parts' `/etc/cron.daily/NAME:` line before a script's output.
+fn is_run_parts_header(line: &str) -> bool {
+    line.starts_with('/') && line.ends_with(':')
 }
 
 /// systemd-cron's body starts with `systemctl status` (whose `Active: failed` line would

@@ -18,6 +18,7 @@ mod apt;
 mod bounce;
 mod cron;
 mod fail2ban;
+mod html;
 mod logwatch;
 mod mdadm;
 mod smartd;
@@ -135,13 +136,7 @@ pub fn parse(raw: &[u8], truncated: bool) -> Message {
     if parsed.headers().is_empty() {
         return unparsable(raw, truncated);
     }
-    let body = parsed
-        .body_text(0)
-        .or_else(|| {
-            parsed
-                .body_html(0)
-                .map(|html| mail_parser::decoders::html::html_to_text(&html).into())
-        })
+    let body = body_text(&parsed)
         .map(|text| normalise_text(&text))
         .unwrap_or_default();
     let delivery_status = parsed
@@ -193,6 +188,39 @@ pub fn parse(raw: &[u8], truncated: bool) -> Message {
         delivery_status,
         truncated,
         malformed: false,
+    }
+}
+
+/// The first text body: a text part as decoded (re-decoded as Windows-1252 when it is
+/// unlabelled 8-bit that is not UTF-8), or an HTML part made readable.
+fn body_text(parsed: &mail_parser::Message<'_>) -> Option<String> {
+    let part = parsed
+        .text_body
+        .first()
+        .or_else(|| parsed.html_body.first())
+        .and_then(|id| parsed.parts.get(*id as usize))?;
+    match &part.body {
+        PartType::Text(text) => {
+            if text.contains(char::REPLACEMENT_CHARACTER)
+                && part.encoding == mail_parser::Encoding::None
+                && part
+                    .content_type()
+                    .and_then(|ct| ct.attribute("charset"))
+                    .is_none()
+            {
+                let raw = parsed
+                    .raw_message
+                    .get(part.offset_body as usize..part.offset_end as usize);
+                let decoder =
+                    mail_parser::decoders::charsets::map::charset_decoder(b"windows-1252");
+                if let (Some(raw), Some(decode)) = (raw, decoder) {
+                    return Some(decode(raw));
+                }
+            }
+            Some(text.to_string())
+        }
+        PartType::Html(html) => Some(html::to_text(html)),
+        _ => None,
     }
 }
 

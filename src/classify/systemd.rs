@@ -44,6 +44,11 @@ static SUBJECT_HOST: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^\[([A-Za-z0-9._-]+)\]|\bon ([A-Za-z0-9._-]+)").unwrap_or_else(|_| unreachable!())
 });
 
+/// Bracketed words in subjects that are a status, not a host (`[Failed] UNIT`).
+const STATUS_WORDS: [&str; 8] = [
+    "failed", "failure", "success", "ok", "error", "alert", "warning", "systemd",
+];
+
 /// What `systemctl status` says about a unit.
 #[derive(Debug, Clone, Default)]
 pub(super) struct UnitStatus {
@@ -113,7 +118,9 @@ pub(super) fn recognise(message: &Message) -> Option<Finding> {
     let subject_host = SUBJECT_HOST
         .captures(&message.subject)
         .and_then(|c| c.get(1).or_else(|| c.get(2)))
-        .map(|m| m.as_str().to_owned());
+        .map(|m| m.as_str())
+        .filter(|h| !STATUS_WORDS.iter().any(|w| w.eq_ignore_ascii_case(h)))
+        .map(str::to_owned);
     let host = subject_host.or_else(|| message.from_domain());
     let failed = status.active.as_deref() == Some("failed")
         || status.result.as_deref().is_some_and(|r| r != "success");

@@ -88,15 +88,19 @@ pub(super) fn recognise(message: &Message) -> Option<Finding> {
     } else {
         format!("ZFS {event} for pool {pool} on {host}")
     };
-    finding.summary = body
+    let first = body
         .lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
-        .map(|first| match vpath {
-            Some(v) => format!("{first} {v}"),
-            None => first.to_owned(),
-        })
         .unwrap_or_default();
+    finding.summary = match (vpath, field(body, "scan")) {
+        (Some(v), _) => format!("{first} {v}"),
+        (None, Some(scan)) => match vdev_state {
+            Some(state) => format!("pool {pool} {state}: {scan}"),
+            None => format!("pool {pool}: {scan}"),
+        },
+        (None, None) => first.to_owned(),
+    };
     finding.dedup_key = format!("zed:{host}:{pool}:{event}:{}", vpath.unwrap_or(""));
     finding.host = (!host.is_empty()).then_some(host);
     finding.failed = Some(failed);
