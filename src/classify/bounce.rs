@@ -32,7 +32,7 @@ static ADDRESS: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 static STATUS_CODE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\b([245]\.\d{1,3}\.\d{1,3})\b").unwrap_or_else(|_| unreachable!())
+    Regex::new(r"(?-u:\b)([245]\.\d{1,3}\.\d{1,3})(?-u:\b)").unwrap_or_else(|_| unreachable!())
 });
 
 /// The fields of one block of a delivery-status part, unfolded.

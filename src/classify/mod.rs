@@ -128,8 +128,18 @@ impl Message {
     }
 }
 
+/// The most bytes of one message that are parsed. What identifies system mail is in its headers
+/// and the start of its body ([`MAX_BODY_CHARS`] characters are kept); parsing beyond that
+/// would only cost time (mail-parser decodes a whole part at once). A longer input is cut here
+/// and the message marked `truncated`, as if fetched with a smaller `max_message_bytes`.
+pub const MAX_PARSE_BYTES: usize = 128 * 1024;
+
 /// Parses `raw`; `truncated` says whether `raw` is only the start of the message.
 pub fn parse(raw: &[u8], truncated: bool) -> Message {
+    let (raw, truncated) = match raw.get(..MAX_PARSE_BYTES) {
+        Some(head) if raw.len() > MAX_PARSE_BYTES => (head, true),
+        _ => (raw, truncated),
+    };
     let Some(parsed) = mail_parser::MessageParser::default().parse(raw) else {
         return unparsable(raw, truncated);
     };
@@ -239,28 +249,17 @@ fn unparsable(raw: &[u8], truncated: bool) -> Message {
 
 /// Decoded text with LF line endings, NUL bytes removed, at most [`MAX_BODY_CHARS`] characters.
 fn normalise_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len().min(MAX_BODY_CHARS));
-    let mut chars = text.chars().peekable();
-    let mut count = 0;
-    while let Some(ch) = chars.next() {
-        if count >= MAX_BODY_CHARS {
-            break;
-        }
-        match ch {
-            '\r' => {
-                if chars.peek() != Some(&'\n') {
-                    out.push('\n');
-                    count += 1;
-                }
-            }
-            '\0' => {}
-            _ => {
-                out.push(ch);
-                count += 1;
-            }
-        }
+    // Cut first (the count is in characters, so find the byte offset of the last one kept).
+    let text = match text.char_indices().nth(MAX_BODY_CHARS) {
+        Some((end, _)) => text.get(..end).unwrap_or(text),
+        None => text,
+    };
+    if !text.contains(['\r', '\0']) {
+        return text.to_owned();
     }
-    out
+    text.replace("\r\n", "\n")
+        .replace('\r', "\n")
+        .replace('\0', "")
 }
 
 /// Joins a folded header value onto one line, trims it and bounds it.

@@ -41,7 +41,8 @@ static CODE: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 static SUBJECT_HOST: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^\[([A-Za-z0-9._-]+)\]|\bon ([A-Za-z0-9._-]+)").unwrap_or_else(|_| unreachable!())
+    Regex::new(r"^\[([A-Za-z0-9._-]+)\]|(?-u:\b)on ([A-Za-z0-9._-]+)")
+        .unwrap_or_else(|_| unreachable!())
 });
 
 /// Bracketed words in subjects that are a status, not a host (`[Failed] UNIT`).
