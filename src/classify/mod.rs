@@ -2,28 +2,74 @@
 //!
 //! [`parse`] turns bytes from a stranger into a [`Message`] — decoded subject, addresses,
 //! headers and body text — and never panics, whatever the input: a message mail-parser cannot
-//! make sense of still yields a `Message` (empty fields, `malformed` set). [`classify`] then asks
-//! each built-in parser in turn whether it recognises the message; the first that does fills in
-//! kind, host, user, command and the rest. Anything unrecognised becomes kind `other` with its
-//! subject, so nothing is dropped for being unknown.
+//! make sense of still yields a `Message` (its bytes as lossy text, `malformed` set). Decoding
+//! (MIME multipart, quoted-printable, base64, RFC 2047 encoded words, legacy charsets such as
+//! ISO-8859-x and Windows-1252, HTML-only mail made readable) is mail-parser's, with
+//! `full_encoding`; line endings are normalised to LF so parsers and rules see one form.
+//!
+//! [`classify`] then asks each built-in parser, one module per family, whether it recognises the
+//! message; the first that does fills in kind, host, user, command and the rest. Anything
+//! unrecognised becomes kind `other` with its subject and first line, so nothing is dropped
+//! for being unknown. Every string an alert carries is bounded (see the `MAX_*` constants and
+//! [`one_line`]), because every byte of it may be hostile. Rules are applied later, by `route`.
 
+mod apcupsd;
+mod apt;
+mod bounce;
 mod cron;
+mod fail2ban;
+mod html;
+mod logwatch;
+mod mdadm;
+mod smartd;
+mod sudo;
+mod systemd;
+mod text;
+mod zed;
 
 use std::collections::BTreeMap;
 
 use herald_bridges::text::one_line;
 use herald_bridges::{Alert, Kind, Severity};
+use mail_parser::{MimeHeaders, PartType};
 
 /// How much decoded body text is kept for classification and rules: a cron job can print
 /// megabytes; what identifies a message and what a human reads in an alert is at its start.
 pub const MAX_BODY_CHARS: usize = 64 * 1024;
+
+/// The most headers kept from one message: real system mail has a few dozen (cron adds one
+/// `X-Cron-Env` per variable); a hostile message could have millions.
+pub const MAX_HEADERS: usize = 256;
+
+/// The longest header value kept, in characters (RFC 5322 §2.1.1 allows 998 per physical line;
+/// folded values can be longer, and nothing herald reads needs more).
+pub const MAX_HEADER_CHARS: usize = 2000;
+
+/// The longest subject kept, in characters (the same reasoning as [`MAX_HEADER_CHARS`]).
+pub const MAX_SUBJECT_CHARS: usize = 1000;
+
+/// The longest host, user, unit or similar name put in an alert. A DNS name is at most 253
+/// characters (RFC 1035 §2.3.4); user and unit names are shorter.
+pub(crate) const MAX_NAME_CHARS: usize = 255;
+
+/// The longest command put in an alert (cron command lines, sudo commands).
+pub(crate) const MAX_COMMAND_CHARS: usize = 1000;
+
+/// The longest title and summary (one line each, for chat and SMS).
+pub(crate) const MAX_LINE_CHARS: usize = 300;
+
+/// The longest text fact value (a diagnostic, a package list).
+pub(crate) const MAX_FACT_CHARS: usize = 1000;
+
+/// The most items in a list fact (packages, recipients).
+pub(crate) const MAX_FACT_ITEMS: usize = 200;
 
 /// A parsed message: the view that parsers and rules work on.
 #[derive(Debug, Clone, Default)]
 pub struct Message {
     /// `Message-ID`, with angle brackets.
     pub message_id: Option<String>,
-    /// Decoded `Subject`, empty when missing.
+    /// Decoded `Subject`, empty when missing, at most [`MAX_SUBJECT_CHARS`] characters.
     pub subject: String,
     /// The first `From` address.
     pub from: Option<String>,
@@ -31,11 +77,15 @@ pub struct Message {
     pub to: Vec<String>,
     /// `Date` as RFC 3339, when valid.
     pub date: Option<String>,
-    /// Every header of the top-level part, in order: (name as written, unfolded raw value).
+    /// The headers of the top-level part, in order: (name as written, unfolded raw value), at
+    /// most [`MAX_HEADERS`] of them, each value at most [`MAX_HEADER_CHARS`] characters.
     pub headers: Vec<(String, String)>,
-    /// Decoded body text (the first text part, or HTML made readable), at most
-    /// [`MAX_BODY_CHARS`] characters.
+    /// Decoded body text (the first text part, or HTML made readable), with LF line endings,
+    /// at most [`MAX_BODY_CHARS`] characters.
     pub body: String,
+    /// The text of the first `message/delivery-status` part (RFC 3464), when there is one,
+    /// with LF line endings and bounded like `body`. Bounce parsing reads it.
+    pub delivery_status: Option<String>,
     /// Whether herald fetched only the start of a larger message.
     pub truncated: bool,
     /// Whether the bytes were not recognisable as a mail message at all.
@@ -51,40 +101,87 @@ impl Message {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The values of every header called `name` (case-insensitive), in order.
+    pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The first non-blank line of the body, trimmed.
     pub fn first_line(&self) -> Option<&str> {
         self.body.lines().map(str::trim).find(|l| !l.is_empty())
     }
+
+    /// The domain of the `From` address, lower-cased, when it names a machine (not
+    /// `localhost`). Local mailers write `user@$(hostname)`, so for mail that names no host
+    /// elsewhere this is the best guess at the machine it is about.
+    pub fn from_domain(&self) -> Option<String> {
+        let (_, domain) = self.from.as_deref()?.rsplit_once('@')?;
+        let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+        let local = matches!(
+            domain.as_str(),
+            "" | "localhost" | "localhost.localdomain" | "localdomain"
+        );
+        (!local && is_host_name(&domain)).then_some(domain)
+    }
 }
+
+/// The most bytes of one message that are parsed. What identifies system mail is in its headers
+/// and the start of its body ([`MAX_BODY_CHARS`] characters are kept); parsing beyond that
+/// would only cost time (mail-parser decodes a whole part at once). A longer input is cut here
+/// and the message marked `truncated`, as if fetched with a smaller `max_message_bytes`.
+pub const MAX_PARSE_BYTES: usize = 128 * 1024;
 
 /// Parses `raw`; `truncated` says whether `raw` is only the start of the message.
 pub fn parse(raw: &[u8], truncated: bool) -> Message {
-    let Some(parsed) = mail_parser::MessageParser::default().parse(raw) else {
-        return Message {
-            truncated,
-            malformed: true,
-            ..Message::default()
-        };
+    let (raw, truncated) = match raw.get(..MAX_PARSE_BYTES) {
+        Some(head) if raw.len() > MAX_PARSE_BYTES => (head, true),
+        _ => (raw, truncated),
     };
-    let body = parsed
-        .body_text(0)
-        .or_else(|| parsed.body_html(0))
-        .map(|text| text.chars().take(MAX_BODY_CHARS).collect())
+    let Some(parsed) = mail_parser::MessageParser::default().parse(raw) else {
+        return unparsable(raw, truncated);
+    };
+    if parsed.headers().is_empty() {
+        return unparsable(raw, truncated);
+    }
+    let body = body_text(&parsed)
+        .map(|text| normalise_text(&text))
         .unwrap_or_default();
+    let delivery_status = parsed
+        .parts
+        .iter()
+        .find(|part| {
+            part.content_type().is_some_and(|ct| {
+                ct.ctype().eq_ignore_ascii_case("message")
+                    && ct.subtype().is_some_and(|s| {
+                        s.eq_ignore_ascii_case("delivery-status")
+                            || s.eq_ignore_ascii_case("global-delivery-status")
+                    })
+            })
+        })
+        .map(|part| match &part.body {
+            PartType::Text(text) | PartType::Html(text) => normalise_text(text),
+            _ => normalise_text(&String::from_utf8_lossy(part.contents())),
+        });
     Message {
-        message_id: parsed.message_id().map(|id| format!("<{id}>")),
-        subject: parsed.subject().unwrap_or_default().to_owned(),
+        message_id: parsed
+            .message_id()
+            .map(|id| format!("<{}>", one_line(id, MAX_HEADER_CHARS))),
+        subject: one_line(parsed.subject().unwrap_or_default(), MAX_SUBJECT_CHARS),
         from: parsed
             .from()
             .and_then(|a| a.first())
             .and_then(|a| a.address())
-            .map(str::to_owned),
+            .map(|a| one_line(a, MAX_NAME_CHARS)),
         to: parsed
             .to()
             .map(|a| {
                 a.iter()
                     .filter_map(|a| a.address())
-                    .map(str::to_owned)
+                    .take(MAX_FACT_ITEMS)
+                    .map(|a| one_line(a, MAX_NAME_CHARS))
                     .collect()
             })
             .unwrap_or_default(),
@@ -94,22 +191,89 @@ pub fn parse(raw: &[u8], truncated: bool) -> Message {
             .map(|d| d.to_rfc3339()),
         headers: parsed
             .headers_raw()
-            .map(|(name, value)| (name.to_owned(), unfold(value)))
+            .take(MAX_HEADERS)
+            .map(|(name, value)| (one_line(name, MAX_NAME_CHARS), unfold(value)))
             .collect(),
         body,
+        delivery_status,
         truncated,
-        malformed: parsed.headers().is_empty(),
+        malformed: false,
     }
 }
 
-/// Joins a folded header value onto one line and trims it.
+/// The first text body: a text part as decoded (re-decoded as Windows-1252 when it is
+/// unlabelled 8-bit that is not UTF-8), or an HTML part made readable.
+fn body_text(parsed: &mail_parser::Message<'_>) -> Option<String> {
+    let part = parsed
+        .text_body
+        .first()
+        .or_else(|| parsed.html_body.first())
+        .and_then(|id| parsed.parts.get(*id as usize))?;
+    match &part.body {
+        PartType::Text(text) => {
+            if text.contains(char::REPLACEMENT_CHARACTER)
+                && part.encoding == mail_parser::Encoding::None
+                && part
+                    .content_type()
+                    .and_then(|ct| ct.attribute("charset"))
+                    .is_none()
+            {
+                let raw = parsed
+                    .raw_message
+                    .get(part.offset_body as usize..part.offset_end as usize);
+                let decoder =
+                    mail_parser::decoders::charsets::map::charset_decoder(b"windows-1252");
+                if let (Some(raw), Some(decode)) = (raw, decoder) {
+                    return Some(decode(raw));
+                }
+            }
+            Some(text.to_string())
+        }
+        PartType::Html(html) => Some(html::to_text(html)),
+        _ => None,
+    }
+}
+
+/// What is kept of bytes that are not a mail message: their text, so that the `other` alert
+/// still shows what arrived.
+fn unparsable(raw: &[u8], truncated: bool) -> Message {
+    // Cut the bytes before decoding: four bytes per character at most.
+    let head = raw.get(..raw.len().min(MAX_BODY_CHARS * 4)).unwrap_or(raw);
+    Message {
+        body: normalise_text(&String::from_utf8_lossy(head)),
+        truncated,
+        malformed: true,
+        ..Message::default()
+    }
+}
+
+/// Decoded text with LF line endings, NUL bytes removed, at most [`MAX_BODY_CHARS`] characters.
+fn normalise_text(text: &str) -> String {
+    // Cut first (the count is in characters, so find the byte offset of the last one kept).
+    let text = match text.char_indices().nth(MAX_BODY_CHARS) {
+        Some((end, _)) => text.get(..end).unwrap_or(text),
+        None => text,
+    };
+    if !text.contains(['\r', '\0']) {
+        return text.to_owned();
+    }
+    text.replace("\r\n", "\n")
+        .replace('\r', "\n")
+        .replace('\0', "")
+}
+
+/// Joins a folded header value onto one line, trims it and bounds it.
 fn unfold(value: &str) -> String {
-    value
-        .split(['\r', '\n'])
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    one_line(value, MAX_HEADER_CHARS)
+}
+
+/// Whether `name` looks like a host name: letters, digits, `-`, `_` and `.`, not empty.
+pub(crate) fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
 }
 
 /// What a built-in parser found; turned into an [`Alert`] by [`classify`].
@@ -128,22 +292,99 @@ struct Finding {
     facts: BTreeMap<String, serde_json::Value>,
 }
 
+impl Finding {
+    /// A finding of `kind` with nothing known yet.
+    fn new(kind: Kind, severity: Severity) -> Finding {
+        Finding {
+            kind,
+            host: None,
+            user: None,
+            command: None,
+            failed: None,
+            exit_status: None,
+            severity,
+            title: String::new(),
+            summary: String::new(),
+            dedup_key: String::new(),
+            facts: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a text fact, bounded; empty values are left out.
+    fn fact(&mut self, name: &str, value: &str) {
+        let value = one_line(value, MAX_FACT_CHARS);
+        if !value.is_empty() {
+            self.facts
+                .insert(name.to_owned(), serde_json::Value::String(value));
+        }
+    }
+
+    /// Adds a boolean fact.
+    fn flag(&mut self, name: &str, value: bool) {
+        self.facts
+            .insert(name.to_owned(), serde_json::Value::Bool(value));
+    }
+
+    /// Adds an integer fact.
+    fn number(&mut self, name: &str, value: i64) {
+        self.facts
+            .insert(name.to_owned(), serde_json::Value::from(value));
+    }
+
+    /// Adds a list fact, each item bounded, at most [`MAX_FACT_ITEMS`] items.
+    fn list<'a>(&mut self, name: &str, items: impl IntoIterator<Item = &'a str>) {
+        let items: Vec<serde_json::Value> = items
+            .into_iter()
+            .map(|i| one_line(i, MAX_NAME_CHARS))
+            .filter(|i| !i.is_empty())
+            .take(MAX_FACT_ITEMS)
+            .map(serde_json::Value::String)
+            .collect();
+        self.facts
+            .insert(name.to_owned(), serde_json::Value::Array(items));
+    }
+}
+
+/// The built-in parsers, in the order they are asked. Those recognising a message by a
+/// distinctive subject come first; `systemd` (recognised by `systemctl status` output in the
+/// body, whatever the subject) comes last, so that systemd-cron's mail, which also carries
+/// that output, is claimed by `cron` first.
+const PARSERS: [fn(&Message) -> Option<Finding>; 12] = [
+    bounce::recognise,
+    sudo::recognise,
+    cron::recognise,
+    smartd::recognise,
+    mdadm::recognise,
+    apt::recognise_unattended_upgrades,
+    apt::recognise_apticron,
+    logwatch::recognise,
+    fail2ban::recognise,
+    zed::recognise,
+    apcupsd::recognise,
+    systemd::recognise,
+];
+
 /// Classifies a parsed message with the built-in parsers (no rules applied yet).
 pub fn classify(message: &Message) -> Alert {
-    let finding = cron::recognise(message).unwrap_or_else(|| other(message));
+    let finding = if message.malformed {
+        None
+    } else {
+        PARSERS.iter().find_map(|recognise| recognise(message))
+    }
+    .unwrap_or_else(|| other(message));
     Alert {
         message_id: message.message_id.clone(),
         kind: finding.kind,
-        host: finding.host,
-        user: finding.user,
-        command: finding.command,
+        host: finding.host.map(|h| one_line(&h, MAX_NAME_CHARS)),
+        user: finding.user.map(|u| one_line(&u, MAX_NAME_CHARS)),
+        command: finding.command.map(|c| one_line(&c, MAX_COMMAND_CHARS)),
         failed: finding.failed,
         exit_status: finding.exit_status,
         severity: finding.severity,
         rule: None,
-        title: finding.title,
-        summary: finding.summary,
-        dedup_key: finding.dedup_key,
+        title: one_line(&finding.title, MAX_LINE_CHARS),
+        summary: one_line(&finding.summary, MAX_LINE_CHARS),
+        dedup_key: one_line(&finding.dedup_key, MAX_COMMAND_CHARS + 3 * MAX_NAME_CHARS),
         facts: finding.facts,
         subject: message.subject.clone(),
         from: message.from.clone(),
@@ -158,42 +399,40 @@ pub fn classify(message: &Message) -> Alert {
     }
 }
 
-/// The catch-all: the subject and the first line say what the message is.
+/// The catch-all: the subject and the first lines say what the message is.
 fn other(message: &Message) -> Finding {
     let subject = one_line(&message.subject, 200);
-    let title = if message.malformed {
+    let mut finding = Finding::new(Kind::Other, Severity::Info);
+    finding.title = if message.malformed {
         "unreadable message (not in mail format)".to_owned()
     } else if subject.is_empty() {
         "(no subject)".to_owned()
     } else {
         subject.clone()
     };
-    let mut facts = BTreeMap::new();
     if message.malformed {
-        facts.insert("malformed".into(), serde_json::Value::Bool(true));
+        finding.flag("malformed", true);
     }
-    Finding {
-        kind: Kind::Other,
-        host: None,
-        user: None,
-        command: None,
-        failed: None,
-        exit_status: None,
-        severity: Severity::Info,
-        title,
-        summary: summary_of(message),
-        dedup_key: format!(
-            "other:{}:{}",
-            message.from.as_deref().unwrap_or(""),
-            subject
-        ),
-        facts,
-    }
+    let first_lines: Vec<&str> = message
+        .body
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take(3)
+        .collect();
+    finding.list("first_lines", first_lines);
+    finding.summary = summary_of(message);
+    finding.dedup_key = format!(
+        "other:{}:{}",
+        message.from.as_deref().unwrap_or(""),
+        subject
+    );
+    finding
 }
 
 /// The first non-blank body line, on one line and bounded.
 fn summary_of(message: &Message) -> String {
-    one_line(message.first_line().unwrap_or_default(), 300)
+    one_line(message.first_line().unwrap_or_default(), MAX_LINE_CHARS)
 }
 
 #[cfg(test)]
@@ -221,5 +460,36 @@ mod tests {
         assert_eq!(alert.title, "Hello there");
         assert_eq!(alert.summary, "first line");
         assert_eq!(alert.from.as_deref(), Some("a@b.example"));
+    }
+
+    #[test]
+    fn crlf_becomes_lf_and_nul_goes() {
+        assert_eq!(normalise_text("a\r\nb\rc\0d\n"), "a\nb\ncd\n");
+    }
+
+    #[test]
+    fn header_count_and_length_are_bounded() {
+        let mut raw = String::from("Subject: x\n");
+        for i in 0..1000 {
+            raw.push_str(&format!("X-H{i}: {}\n", "v".repeat(5000)));
+        }
+        raw.push_str("\nbody\n");
+        let message = parse(raw.as_bytes(), false);
+        assert!(message.headers.len() <= MAX_HEADERS);
+        assert!(message
+            .headers
+            .iter()
+            .all(|(_, v)| v.chars().count() <= MAX_HEADER_CHARS));
+    }
+
+    #[test]
+    fn from_domain_skips_localhost() {
+        let mut m = Message {
+            from: Some("root@web01.example.net".into()),
+            ..Message::default()
+        };
+        assert_eq!(m.from_domain().as_deref(), Some("web01.example.net"));
+        m.from = Some("root@localhost".into());
+        assert_eq!(m.from_domain(), None);
     }
 }
