@@ -176,6 +176,13 @@ pub struct ImapConfig {
         deserialize_with = "deserialize_duration"
     )]
     pub first_start_window: Duration,
+    /// How long IDLE may hear nothing before the connection is checked with DONE: Dovecot
+    /// says "still here" every 2 minutes, so silence means a dead link.
+    #[serde(
+        default = "default_idle_keepalive",
+        deserialize_with = "deserialize_duration"
+    )]
+    pub idle_keepalive: Duration,
     /// Limit for connecting, logging in and every command outside IDLE.
     #[serde(default = "default_timeout", deserialize_with = "deserialize_duration")]
     pub timeout: Duration,
@@ -204,6 +211,11 @@ fn default_max_message_bytes() -> u32 {
 }
 fn default_first_start_window() -> Duration {
     Duration::from_secs(24 * 3600)
+}
+/// 5 minutes: Dovecot sends `* OK Still here` every 2 minutes (`imap_idle_notify_interval`),
+/// so this much silence means a dead link (reliability.md G6).
+fn default_idle_keepalive() -> Duration {
+    Duration::from_secs(5 * 60)
 }
 /// 60 s, as reliability.md G6: generous for a slow server, short enough to notice a dead one.
 fn default_timeout() -> Duration {
@@ -248,7 +260,10 @@ pub struct ServerConfig {
     /// Where to serve `/metrics`, `/healthz` and `/readyz`; unset: not served.
     pub listen: Option<std::net::SocketAddr>,
     /// How long deliveries in flight may take to finish at shutdown.
-    #[serde(default = "default_shutdown_timeout", deserialize_with = "deserialize_duration")]
+    #[serde(
+        default = "default_shutdown_timeout",
+        deserialize_with = "deserialize_duration"
+    )]
     pub shutdown_timeout: Duration,
 }
 
@@ -274,7 +289,36 @@ struct RawDefaults {
     /// Where alerts that no rule routes go.
     #[serde(default)]
     sinks: Vec<Spanned<String>>,
+    /// Where dead letters are announced.
+    fallback: Option<Spanned<String>>,
 }
+
+/// How herald retries one sink's deliveries: keys of `[sinks.NAME]` that herald reads itself
+/// (the sink never sees them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryPolicy {
+    /// The first retry's delay, and the floor of every later one.
+    pub retry_min: Duration,
+    /// The ceiling of the exponential backoff.
+    pub retry_max: Duration,
+    /// A row still undelivered this long after its alert was stored is dead-lettered.
+    pub max_age: Duration,
+}
+
+impl Default for DeliveryPolicy {
+    /// 1 s → 5 min (Vector's and reliability.md G4's starting points); 24 h: an alert older
+    /// than a day is news to no one, and Postfix's five days is far too long for a page.
+    fn default() -> Self {
+        DeliveryPolicy {
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+            max_age: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The `[sinks.NAME]` keys that are [`DeliveryPolicy`]'s.
+const POLICY_KEYS: [&str; 3] = ["retry_min", "retry_max", "max_age"];
 
 /// The file as deserialized, before validation (`[sinks.*]` is read separately).
 #[derive(Debug, serde::Deserialize)]
@@ -304,8 +348,12 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[defaults] sinks`: where unrouted alerts go.
     pub default_sinks: Vec<String>,
+    /// `[defaults] fallback`: the sink that announces dead letters.
+    pub fallback: Option<String>,
     /// `[sinks.NAME]`, by name.
     pub sinks: BTreeMap<String, SinkConfig>,
+    /// Each sink's retry policy, by name.
+    pub delivery: BTreeMap<String, DeliveryPolicy>,
     /// `[[rules]]`, in order.
     pub rules: Vec<Rule>,
 }
@@ -350,6 +398,7 @@ impl Config {
 
         let sinks_value = doc.get_mut().remove("sinks");
         let mut sinks = BTreeMap::new();
+        let mut delivery = BTreeMap::new();
         if let Some(value) = sinks_value {
             let span = value.span();
             let DeValue::Table(table) = value.into_inner() else {
@@ -357,14 +406,16 @@ impl Config {
             };
             for (name, value) in table {
                 let key = format!("sinks.{}", name.get_ref());
-                let sink = ctx.sink(&key, value)?;
-                sinks.insert(name.into_inner().into_owned(), sink);
+                let (sink, policy) = ctx.sink(&key, value)?;
+                let name = name.into_inner().into_owned();
+                delivery.insert(name.clone(), policy);
+                sinks.insert(name, sink);
             }
         }
 
         let raw = RawConfig::deserialize(toml::de::Deserializer::from(doc))
             .map_err(|e| ctx.toml_error(&e))?;
-        ctx.validate(raw, sinks)
+        ctx.validate(raw, sinks, delivery)
     }
 }
 
@@ -396,12 +447,51 @@ impl Context<'_> {
         }
     }
 
-    /// Reads one `[sinks.NAME]` table by its `type`.
-    fn sink(&self, key: &str, value: Spanned<DeValue<'_>>) -> Result<SinkConfig, ConfigError> {
+    /// Reads one `[sinks.NAME]` table: herald's delivery keys, then the rest by its `type`.
+    fn sink(
+        &self,
+        key: &str,
+        value: Spanned<DeValue<'_>>,
+    ) -> Result<(SinkConfig, DeliveryPolicy), ConfigError> {
         let span = value.span();
         let DeValue::Table(mut table) = value.into_inner() else {
             return Err(self.error(span, key, "must be a table"));
         };
+        let mut policy = DeliveryPolicy::default();
+        for name in POLICY_KEYS {
+            let Some(value) = table.remove(name) else {
+                continue;
+            };
+            let path = format!("{key}.{name}");
+            let text = value.get_ref().as_str().ok_or_else(|| {
+                self.error(
+                    value.span(),
+                    &path,
+                    "must be a duration string such as \"30s\"",
+                )
+            })?;
+            let duration = humantime::parse_duration(text).map_err(|e| {
+                self.error(
+                    value.span(),
+                    &path,
+                    format!("invalid duration {text:?}: {e}"),
+                )
+            })?;
+            match name {
+                "retry_min" => policy.retry_min = duration,
+                "retry_max" => policy.retry_max = duration,
+                _ => policy.max_age = duration,
+            }
+        }
+        if policy.retry_min.is_zero() || policy.retry_max < policy.retry_min {
+            let at =
+                span_of_key(self.text, &format!("{key}.retry_max")).unwrap_or_else(|| span.clone());
+            return Err(self.error(
+                at,
+                &format!("{key}.retry_max"),
+                "must be at least retry_min, which must be above zero",
+            ));
+        }
         let Some(type_value) = table.remove("type") else {
             return Err(self.error(
                 span,
@@ -436,13 +526,14 @@ impl Context<'_> {
             }
             other => self.error(span.clone(), key, other.to_string()),
         })?;
-        Ok(config)
+        Ok((config, policy))
     }
 
     fn validate(
         &self,
         raw: RawConfig,
         sinks: BTreeMap<String, SinkConfig>,
+        delivery: BTreeMap<String, DeliveryPolicy>,
     ) -> Result<Config, ConfigError> {
         let imap = raw.imap;
         if *imap.tls.get_ref() == TlsMode::None && !imap.allow_plaintext && !is_loopback(&imap.host)
@@ -477,6 +568,12 @@ impl Context<'_> {
             .iter()
             .map(|s| known(s, "defaults.sinks"))
             .collect::<Result<Vec<_>, _>>()?;
+        let fallback = raw
+            .defaults
+            .fallback
+            .as_ref()
+            .map(|s| known(s, "defaults.fallback"))
+            .transpose()?;
         let mut rules = Vec::with_capacity(raw.rules.len());
         for (index, rule) in raw.rules.into_iter().enumerate() {
             let key = format!("rules[{index}]");
@@ -488,7 +585,9 @@ impl Context<'_> {
             state: raw.state,
             server: raw.server,
             default_sinks,
+            fallback,
             sinks,
+            delivery,
             rules,
         })
     }
@@ -835,6 +934,35 @@ url = "http://127.0.0.1:9/hook"
             parse(&MINIMAL.replace("http://127.0.0.1:9/hook", "ftp://secret-token@x")).unwrap_err();
         assert_eq!(error.key.as_deref(), Some("sinks.hook.url"), "{error}");
         assert!(!error.to_string().contains("secret-token"), "{error}");
+    }
+
+    #[test]
+    fn delivery_policy_keys_are_herald_s_and_located() {
+        let text = format!("{MINIMAL}retry_min = \"2s\"\nmax_age = \"1h\"\n");
+        let config = parse(&text).unwrap();
+        let policy = config.delivery["hook"];
+        assert_eq!(policy.retry_min, Duration::from_secs(2));
+        assert_eq!(policy.retry_max, Duration::from_secs(300));
+        assert_eq!(policy.max_age, Duration::from_secs(3600));
+        let error = parse(&format!("{MINIMAL}max_age = \"soon\"\n")).unwrap_err();
+        assert_eq!(
+            (error.key.as_deref(), error.position),
+            (Some("sinks.hook.max_age"), Some((11, 11)))
+        );
+        let error = parse(&format!("{MINIMAL}retry_max = \"0s\"\n")).unwrap_err();
+        assert_eq!(
+            error.key.as_deref(),
+            Some("sinks.hook.retry_max"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn fallback_must_name_a_sink() {
+        let config = parse(&format!("{MINIMAL}[defaults]\nfallback = \"hook\"\n")).unwrap();
+        assert_eq!(config.fallback.as_deref(), Some("hook"));
+        let error = parse(&format!("{MINIMAL}[defaults]\nfallback = \"pager\"\n")).unwrap_err();
+        assert_eq!(error.key.as_deref(), Some("defaults.fallback"), "{error}");
     }
 
     #[test]

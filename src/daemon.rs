@@ -20,6 +20,9 @@ use crate::mailbox::Mailbox;
 use crate::route::Router;
 use crate::store::Store;
 
+/// How long finished alerts (and their content keys) are kept: 30 days.
+const RETENTION_MS: i64 = 30 * 24 * 3600 * 1000;
+
 /// Runs until a signal asks to stop, or a fatal error.
 pub async fn run(config: Config) -> Result<()> {
     let store = Arc::new(Store::open(&config.state.path)?);
@@ -40,10 +43,37 @@ pub async fn run(config: Config) -> Result<()> {
     let workers_stop = CancellationToken::new();
     let mut workers = JoinSet::new();
     for (name, sink) in sinks {
-        let worker = Worker::new(name.clone(), sink, store.clone(), &fanout);
+        let policy = config.delivery.get(&name).copied().unwrap_or_default();
+        let worker = Worker::new(
+            name.clone(),
+            sink,
+            store.clone(),
+            policy,
+            fanout.clone(),
+            config.fallback.clone(),
+        );
         let stop = workers_stop.clone();
         let name = name.clone();
         workers.spawn(async move { (name, worker.run(stop).await) });
+    }
+    // Forget finished alerts after a while, at start and daily: the store stays small, and a
+    // message re-delivered within that time is still recognised.
+    {
+        let store = store.clone();
+        let stop = workers_stop.clone();
+        tokio::spawn(async move {
+            loop {
+                match store.prune(crate::store::now_ms() - RETENTION_MS) {
+                    Ok(0) => {}
+                    Ok(n) => info!(alerts = n, "Pruned finished alerts older than 30 days."),
+                    Err(error) => warn!(error = %format!("{error:#}"), "Cannot prune the store."),
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(24 * 3600)) => {}
+                    () = stop.cancelled() => break,
+                }
+            }
+        });
     }
     let router = Router::new(config.rules.clone(), config.default_sinks.clone());
     let mailbox = Mailbox::new(config.imap.clone(), router, store, fanout)?;

@@ -15,6 +15,7 @@
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod crashpoint;
 pub mod daemon;
 pub mod deliver;
 pub mod mailbox;

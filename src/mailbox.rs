@@ -45,11 +45,6 @@ pub const CHUNK: usize = 128;
 /// lines far below servers' limits (Dovecot accepts 64 KiB: `imap_max_line_length`).
 const UID_SET_LIMIT: usize = 500;
 
-/// How long an IDLE may hear nothing before the connection is suspected dead: Dovecot sends
-/// `* OK Still here` every 2 minutes (`imap_idle_notify_interval`), so 5 minutes of silence
-/// means a dead link (reliability.md G6). A server that is merely quiet answers DONE.
-const IDLE_SILENCE: Duration = Duration::from_secs(5 * 60);
-
 /// Reconnect backoff bounds (chatmail's BACKOFF_MIN_MS / BACKOFF_MAX_MS).
 const BACKOFF_MIN: Duration = Duration::from_secs(2);
 const BACKOFF_MAX: Duration = Duration::from_secs(80);
@@ -203,7 +198,7 @@ impl Mailbox {
                 mailbox = %self.imap.config.mailbox,
                 old = c.uidvalidity,
                 new = selected.uidvalidity,
-                "UIDVALIDITY changed: the mailbox was recreated; starting over as on a first start."
+                "UIDVALIDITY changed: the mailbox was recreated; rescanning. Mail already alerted on is recognised and skipped."
             ),
             None => {}
         }
@@ -321,9 +316,12 @@ impl Mailbox {
             let Some(uid) = item.uid.filter(|&uid| uid > floor) else {
                 continue; // below the cursor (`n:*` semantics) or an unsolicited FETCH
             };
+            crate::crashpoint::hit("after-fetch");
             let raw = item.body().unwrap_or_default();
             let truncated = item.size.is_some_and(|size| size > max);
-            chunk.push((uid, self.router.decide(raw, truncated)));
+            let decision = self.router.decide(raw, truncated);
+            let key = content_key(decision.alert.message_id.as_deref(), raw);
+            chunk.push((uid, key, decision));
             if chunk.len() >= CHUNK {
                 stored.extend(self.commit(selected, &mut chunk)?);
             }
@@ -337,7 +335,7 @@ impl Mailbox {
     fn commit(
         &self,
         selected: Selected,
-        chunk: &mut Vec<(u32, crate::route::Decision)>,
+        chunk: &mut Vec<(u32, String, crate::route::Decision)>,
     ) -> Result<Vec<u32>, SessionError> {
         if chunk.is_empty() {
             return Ok(Vec::new());
@@ -345,7 +343,7 @@ impl Mailbox {
         // One row per destination: a sink with several targets gets one row for each.
         let destinations: Vec<Vec<store::Destination>> = chunk
             .iter()
-            .map(|(_, decision)| {
+            .map(|(_, _, decision)| {
                 if decision.dropped {
                     Vec::new()
                 } else {
@@ -356,12 +354,13 @@ impl Mailbox {
         let batch: Vec<store::Processed<'_>> = chunk
             .iter()
             .zip(&destinations)
-            .map(|((uid, decision), to)| store::Processed {
+            .map(|((uid, key, decision), to)| store::Processed {
                 uid: *uid,
+                content_key: key,
                 delivery: (!to.is_empty()).then_some((&decision.alert, to.as_slice())),
             })
             .collect();
-        let cursor = chunk.iter().map(|(uid, _)| *uid).max().unwrap_or(0);
+        let cursor = chunk.iter().map(|(uid, ..)| *uid).max().unwrap_or(0);
         let mark = self.imap.config.processed != Processed::None;
         let touched = self
             .store
@@ -375,7 +374,7 @@ impl Mailbox {
             .map_err(|e| {
                 SessionError::Fatal(e.context("cannot store alerts; nothing was marked processed"))
             })?;
-        for (uid, decision) in chunk.iter() {
+        for (uid, _, decision) in chunk.iter() {
             let alert = &decision.alert;
             if decision.dropped {
                 debug!(
@@ -389,8 +388,9 @@ impl Mailbox {
                 info!(uid, kind = %alert.kind, rule = alert.rule.as_deref().unwrap_or("-"), sinks = %decision.sinks.join(","), "Alert queued.");
             }
         }
+        crate::crashpoint::hit("after-commit");
         self.fanout.wake(&touched);
-        let uids = chunk.drain(..).map(|(uid, _)| uid).collect();
+        let uids = chunk.drain(..).map(|(uid, ..)| uid).collect();
         Ok(uids)
     }
 
@@ -407,6 +407,7 @@ impl Mailbox {
         if marks.is_empty() {
             return Ok(());
         }
+        crate::crashpoint::hit("before-flag");
         for set in uid_sets(&marks) {
             match &self.imap.config.processed {
                 Processed::None => {}
@@ -469,7 +470,7 @@ impl Mailbox {
         self.imap.command(handle.init()).await?;
         let refresh_at = Instant::now() + self.imap.config.idle_refresh;
         let (response, stopped) = {
-            let (wait, interrupt) = handle.wait_with_timeout(IDLE_SILENCE);
+            let (wait, interrupt) = handle.wait_with_timeout(self.imap.config.idle_keepalive);
             tokio::pin!(wait);
             let mut interrupt = Some(interrupt);
             let mut stopped = false;
@@ -492,9 +493,9 @@ impl Mailbox {
         };
         match response.context("IDLE failed")? {
             IdleResponse::NewData(data) => debug!(response = ?data.parsed(), "IDLE woke up."),
-            IdleResponse::Timeout => debug!(
-                "IDLE heard nothing for {IDLE_SILENCE:?}; checking the connection with DONE."
-            ),
+            IdleResponse::Timeout => {
+                debug!(silence = ?self.imap.config.idle_keepalive, "IDLE heard nothing; checking the connection with DONE.")
+            }
             IdleResponse::ManualInterrupt => {}
         }
         let session = self.imap.command(handle.done()).await?;
@@ -716,6 +717,23 @@ impl From<anyhow::Error> for SessionError {
     }
 }
 
+/// What identifies a message across UIDs and UIDVALIDITYs: its Message-ID, else a hash of
+/// its header block (which holds Date, Received and the rest of its delivery trace).
+fn content_key(message_id: Option<&str>, raw: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    if let Some(id) = message_id.filter(|id| id.len() > 2) {
+        return format!("mid:{id}");
+    }
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .or_else(|| raw.windows(2).position(|w| w == b"\n\n"))
+        .unwrap_or(raw.len());
+    let digest = Sha256::digest(raw.get(..end).unwrap_or(raw));
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("hdr:{hex}")
+}
+
 /// Compact UID sets (`1:5,7,9:10`) of at most [`UID_SET_LIMIT`] UIDs each, from sorted UIDs.
 fn uid_sets(uids: &[u32]) -> Vec<String> {
     uids.chunks(UID_SET_LIMIT)
@@ -772,6 +790,17 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_key_prefers_message_id_else_hashes_headers() {
+        assert_eq!(content_key(Some("<a@b>"), b"x"), "mid:<a@b>");
+        let one = content_key(None, b"Subject: a\r\nDate: 1\r\n\r\nbody one");
+        let same_headers = content_key(None, b"Subject: a\r\nDate: 1\r\n\r\nbody two");
+        let other = content_key(None, b"Subject: a\r\nDate: 2\r\n\r\nbody one");
+        assert_eq!(one, same_headers);
+        assert_ne!(one, other);
+        assert!(one.starts_with("hdr:") && one.len() == 4 + 64);
+    }
 
     #[test]
     fn uid_sets_compress_runs_and_split() {

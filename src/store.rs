@@ -3,8 +3,12 @@
 //!
 //! It holds three things:
 //! - `mailboxes`: per mailbox, its UIDVALIDITY and the highest UID processed (the cursor);
-//! - `alerts` and `outbox`: each stored alert and one outbox row per target sink, in state
-//!   `pending` → `sent` (or `dead` when a sink rejected it for good);
+//! - `alerts` and `outbox`: each stored alert and one outbox row per (sink, target), in state
+//!   `pending` → `sending` (claimed by the sink's worker) → `sent`, or back to `pending` after
+//!   a failed attempt, or `dead` when the sink rejected it for good or it grew too old. Rows
+//!   left `sending` by a crash return to `pending` when the store is opened;
+//! - each alert's content key (its Message-ID, else a hash of its header block), so that mail
+//!   seen again under new UIDs (a recreated mailbox, a restored backup) alerts only once;
 //! - `imap_marks`: messages whose alert is stored but that are not yet marked processed on
 //!   the server (flagged, moved or deleted);
 //! - `backlog`: messages at or below the cursor still to be processed — the recent unseen
@@ -38,6 +42,7 @@ CREATE TABLE IF NOT EXISTS alerts (
     uidvalidity INTEGER NOT NULL,
     uid         INTEGER NOT NULL,
     message_id  TEXT,
+    content_key TEXT,
     created_at  INTEGER NOT NULL,
     alert       TEXT NOT NULL,
     UNIQUE (mailbox, uidvalidity, uid)
@@ -47,7 +52,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     alert_id        INTEGER NOT NULL REFERENCES alerts (id),
     sink            TEXT NOT NULL,
     target          TEXT NOT NULL DEFAULT '',
-    state           TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'dead')),
+    state           TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'sent', 'dead')),
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at INTEGER NOT NULL,
     last_error      TEXT,
@@ -55,6 +60,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     updated_at      INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (sink, state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS outbox_alert ON outbox (alert_id);
+CREATE INDEX IF NOT EXISTS alerts_content ON alerts (content_key);
 CREATE TABLE IF NOT EXISTS backlog (
     mailbox     TEXT NOT NULL,
     uidvalidity INTEGER NOT NULL,
@@ -99,6 +106,8 @@ pub struct Destination {
 pub struct Processed<'a> {
     /// Its UID.
     pub uid: u32,
+    /// Its content key: a message already stored under this key is not stored again.
+    pub content_key: &'a str,
     /// Its alert and destinations; `None` when a rule dropped it or no sink was configured.
     pub delivery: Option<(&'a Alert, &'a [Destination])>,
 }
@@ -110,10 +119,35 @@ pub struct Due {
     pub id: i64,
     /// The sink's target for this row.
     pub target: String,
+    /// When the alert was stored (ms since the epoch), for `max_age`.
+    pub created_at: i64,
     /// The alert to deliver.
     pub alert: Alert,
     /// Delivery attempts so far.
     pub attempts: u32,
+}
+
+/// An outbox row as `herald outbox list` shows it.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// The row's id (what `outbox retry` and `outbox drop` take).
+    pub id: i64,
+    /// The sink.
+    pub sink: String,
+    /// The sink's target (`""` for single-target sinks).
+    pub target: String,
+    /// `pending`, `sending` or `dead`.
+    pub state: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// When the next attempt is due (ms).
+    pub next_attempt_at: i64,
+    /// When the alert was stored (ms).
+    pub created_at: i64,
+    /// The last attempt's error.
+    pub last_error: Option<String>,
+    /// The alert's title.
+    pub title: String,
 }
 
 /// The store. One connection, shared behind a mutex: every operation is a short statement or
@@ -146,6 +180,12 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("cannot create the schema in {}", path.display()))?;
+        // A crash leaves the rows it was delivering `sending`: they were not confirmed.
+        conn.execute(
+            "UPDATE outbox SET state = 'pending' WHERE state = 'sending'",
+            [],
+        )
+        .context("cannot recover the outbox")?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -193,8 +233,9 @@ impl Store {
         let mut touched: Vec<String> = Vec::new();
         {
             let mut insert_alert = tx.prepare_cached(
-                "INSERT INTO alerts (mailbox, uidvalidity, uid, message_id, created_at, alert)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO alerts (mailbox, uidvalidity, uid, message_id, content_key, created_at, alert)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7
+                 WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE content_key = ?5)
                  ON CONFLICT (mailbox, uidvalidity, uid) DO NOTHING",
             )?;
             let mut insert_row = tx.prepare_cached(
@@ -221,11 +262,13 @@ impl Store {
                     uidvalidity,
                     item.uid,
                     alert.message_id,
+                    item.content_key,
                     now,
                     json
                 ])?;
                 if inserted == 0 {
-                    continue; // already stored by an earlier run: its rows exist
+                    // Already stored, by an earlier run or under an earlier UIDVALIDITY.
+                    continue;
                 }
                 let alert_id = tx.last_insert_rowid();
                 for d in destinations {
@@ -341,37 +384,59 @@ impl Store {
         Ok(())
     }
 
-    /// Up to `limit` pending rows of `sink` due at `now`, oldest first.
-    pub fn due(&self, sink: &str, now: i64, limit: usize) -> Result<Vec<Due>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT o.id, o.target, a.alert, o.attempts FROM outbox o JOIN alerts a ON a.id = o.alert_id
-             WHERE o.sink = ?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
-             ORDER BY o.next_attempt_at, o.id LIMIT ?3",
-        )?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = stmt
-            .query_map(params![sink, now, limit], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get(3)?,
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+    /// Claims up to `limit` pending rows of `sink` due at `now`, oldest first: they become
+    /// `sending` until marked sent, retried, dead or released.
+    pub fn claim(&self, sink: &str, now: i64, limit: usize) -> Result<Vec<Due>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let rows = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT o.id, o.target, a.created_at, a.alert, o.attempts
+                 FROM outbox o JOIN alerts a ON a.id = o.alert_id
+                 WHERE o.sink = ?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
+                 ORDER BY o.next_attempt_at, o.id LIMIT ?3",
+            )?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = stmt
+                .query_map(params![sink, now, limit], |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get(4)?,
+                    ))
+                })?
+                .collect::<Result<Vec<(i64, String, i64, String, u32)>, _>>()?;
+            let mut claim =
+                tx.prepare_cached("UPDATE outbox SET state = 'sending' WHERE id = ?1")?;
+            for (id, ..) in &rows {
+                claim.execute([id])?;
+            }
+            rows
+        };
+        tx.commit()?;
         rows.into_iter()
-            .map(|(id, target, json, attempts)| {
+            .map(|(id, target, created_at, json, attempts)| {
                 let alert = serde_json::from_str(&json)
                     .with_context(|| format!("outbox row {id} holds an unreadable alert"))?;
                 Ok(Due {
                     id,
                     target,
+                    created_at,
                     alert,
                     attempts,
                 })
             })
             .collect()
+    }
+
+    /// Returns claimed rows to `pending` untouched (their turn did not come).
+    pub fn release(&self, ids: &[i64]) -> Result<()> {
+        self.update_each(
+            ids,
+            "UPDATE outbox SET state = 'pending' WHERE id = ?1 AND state = 'sending'",
+        )
     }
 
     /// When `sink`'s next pending row falls due, if it has one.
@@ -387,19 +452,24 @@ impl Store {
 
     /// Marks rows delivered.
     pub fn mark_sent(&self, ids: &[i64]) -> Result<()> {
+        self.update_each(
+            ids,
+            "UPDATE outbox SET state = 'sent', attempts = attempts + 1, last_error = NULL,
+             updated_at = unixepoch('subsec') * 1000 WHERE id = ?1",
+        )
+    }
+
+    /// Runs `sql` (one `?1` parameter) for each id, in one transaction.
+    fn update_each(&self, ids: &[i64], sql: &str) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         {
-            let now = now_ms();
-            let mut update = tx.prepare_cached(
-                "UPDATE outbox SET state = 'sent', attempts = attempts + 1, updated_at = ?2,
-                 last_error = NULL WHERE id = ?1",
-            )?;
+            let mut update = tx.prepare_cached(sql)?;
             for id in ids {
-                update.execute(params![id, now])?;
+                update.execute([id])?;
             }
         }
         tx.commit()?;
@@ -409,21 +479,119 @@ impl Store {
     /// Records a failed attempt; the row is tried again at `next_attempt_at`.
     pub fn mark_retry(&self, id: i64, next_attempt_at: i64, error: &str) -> Result<()> {
         self.conn().execute(
-            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3,
-             updated_at = ?4 WHERE id = ?1",
+            "UPDATE outbox SET state = 'pending', attempts = attempts + 1, next_attempt_at = ?2,
+             last_error = ?3, updated_at = ?4 WHERE id = ?1",
             params![id, next_attempt_at, error, now_ms()],
         )?;
         Ok(())
     }
 
-    /// Gives a row up: the sink rejected it for good.
-    pub fn mark_dead(&self, id: i64, error: &str) -> Result<()> {
-        self.conn().execute(
-            "UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?2,
-             updated_at = ?3 WHERE id = ?1",
-            params![id, error, now_ms()],
+    /// Gives a row up (the sink rejected it for good, or it grew too old). With `notice`, in
+    /// the same transaction, queues an alert about it to the given destinations (the
+    /// `fallback` sink), so a dead letter is never silent.
+    pub fn mark_dead(
+        &self,
+        id: i64,
+        attempted: bool,
+        error: &str,
+        notice: Option<(&Alert, &[Destination])>,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        tx.execute(
+            "UPDATE outbox SET state = 'dead', attempts = attempts + ?2, last_error = ?3,
+             updated_at = ?4 WHERE id = ?1",
+            params![id, i64::from(attempted), error, now],
         )?;
+        if let Some((alert, destinations)) = notice {
+            // A synthetic message key: the dead row's id is unique.
+            tx.execute(
+                "INSERT INTO alerts (mailbox, uidvalidity, uid, created_at, alert)
+                 VALUES ('herald:dead-letters', 0, ?1, ?2, ?3)
+                 ON CONFLICT (mailbox, uidvalidity, uid) DO NOTHING",
+                params![id, now, serde_json::to_string(alert)?],
+            )?;
+            let alert_id = tx.last_insert_rowid();
+            for d in destinations {
+                tx.execute(
+                    "INSERT INTO outbox (alert_id, sink, target, state, next_attempt_at, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?4)",
+                    params![alert_id, d.sink, d.target, now],
+                )?;
+            }
+        }
+        tx.commit()?;
         Ok(())
+    }
+
+    /// Every row not yet sent (pending, sending, dead), oldest first: `herald outbox list`.
+    pub fn unsent(&self) -> Result<Vec<Row>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT o.id, o.sink, o.target, o.state, o.attempts, o.next_attempt_at, a.created_at,
+                    o.last_error, a.alert
+             FROM outbox o JOIN alerts a ON a.id = o.alert_id
+             WHERE o.state <> 'sent' ORDER BY o.id",
+        )?;
+        let rows = stmt
+            .query_map([], |row| {
+                let json: String = row.get(8)?;
+                let title = serde_json::from_str::<Alert>(&json)
+                    .map(|a| a.title)
+                    .unwrap_or_default();
+                Ok(Row {
+                    id: row.get(0)?,
+                    sink: row.get(1)?,
+                    target: row.get(2)?,
+                    state: row.get(3)?,
+                    attempts: row.get(4)?,
+                    next_attempt_at: row.get(5)?,
+                    created_at: row.get(6)?,
+                    last_error: row.get(7)?,
+                    title,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Queues a pending or dead row for an attempt now; false if there is no such unsent row.
+    pub fn retry_now(&self, id: i64) -> Result<bool> {
+        let changed = self.conn().execute(
+            "UPDATE outbox SET state = 'pending', next_attempt_at = ?2, updated_at = ?2
+             WHERE id = ?1 AND state IN ('pending', 'dead')",
+            params![id, now_ms()],
+        )?;
+        Ok(changed > 0)
+    }
+
+    /// Deletes an unsent row; false if there is no such row.
+    pub fn drop_row(&self, id: i64) -> Result<bool> {
+        let changed = self.conn().execute(
+            "DELETE FROM outbox WHERE id = ?1 AND state IN ('pending', 'dead')",
+            [id],
+        )?;
+        Ok(changed > 0)
+    }
+
+    /// Forgets alerts older than `before` (ms) whose rows are all finished. Their content keys
+    /// go with them: this is how long a re-delivered message is recognised.
+    pub fn prune(&self, before: i64) -> Result<usize> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let finished = "SELECT id FROM alerts WHERE created_at < ?1 AND NOT EXISTS (
+             SELECT 1 FROM outbox WHERE outbox.alert_id = alerts.id AND state IN ('pending', 'sending'))";
+        tx.execute(
+            &format!("DELETE FROM outbox WHERE alert_id IN ({finished})"),
+            [before],
+        )?;
+        let removed = tx.execute(
+            &format!("DELETE FROM alerts WHERE id IN ({finished})"),
+            [before],
+        )?;
+        tx.commit()?;
+        Ok(removed)
     }
 
     /// Row counts by sink and state, for `herald check` and tests.
@@ -459,6 +627,31 @@ mod tests {
         (dir, store)
     }
 
+    /// Stores one alert per uid (content key `k{uid}`) for `sinks`.
+    fn put(store: &Store, uidvalidity: u32, uids: &[u32], sinks: &[&str]) {
+        let alert = Alert::sample();
+        let destinations = to(sinks);
+        let keys: Vec<String> = uids.iter().map(|u| format!("k{u}")).collect();
+        let batch: Vec<_> = uids
+            .iter()
+            .zip(&keys)
+            .map(|(uid, key)| Processed {
+                uid: *uid,
+                content_key: key,
+                delivery: Some((&alert, &destinations[..])),
+            })
+            .collect();
+        store
+            .commit_batch(
+                "INBOX",
+                uidvalidity,
+                &batch,
+                uids.iter().copied().max().unwrap_or(0),
+                false,
+            )
+            .unwrap();
+    }
+
     #[test]
     fn batch_commit_stores_alerts_rows_marks_and_cursor() {
         let (_dir, store) = store();
@@ -467,10 +660,12 @@ mod tests {
         let batch = [
             Processed {
                 uid: 3,
+                content_key: "k3",
                 delivery: Some((&alert, &sinks)),
             },
             Processed {
                 uid: 4,
+                content_key: "k4",
                 delivery: None,
             },
         ];
@@ -484,17 +679,68 @@ mod tests {
             })
         );
         assert_eq!(store.pending_marks("INBOX", 7).unwrap(), vec![3, 4]);
-        assert_eq!(store.due("a", now_ms(), 10).unwrap().len(), 1);
+        assert_eq!(store.claim("a", now_ms(), 10).unwrap().len(), 1);
 
-        // Re-processing the same UID (a crash before the cursor reached the server) adds nothing.
+        // Re-processing the same UID (a crash before the marks reached the server) adds nothing.
         let touched = store
             .commit_batch("INBOX", 7, &batch[..1], 4, true)
             .unwrap();
         assert!(touched.is_empty());
-        assert_eq!(store.due("a", now_ms(), 10).unwrap().len(), 1);
+        assert_eq!(store.claim("b", now_ms(), 10).unwrap().len(), 1);
+        assert!(
+            store.claim("b", now_ms(), 10).unwrap().is_empty(),
+            "claimed rows are not due"
+        );
 
         store.clear_marks("INBOX", 7, &[3]).unwrap();
         assert_eq!(store.pending_marks("INBOX", 7).unwrap(), vec![4]);
+    }
+
+    #[test]
+    fn a_known_content_key_is_not_stored_again_under_new_uids() {
+        let (_dir, store) = store();
+        put(&store, 1, &[1, 2], &["a"]);
+        // The mailbox was recreated: same messages, new UIDVALIDITY and UIDs, plus a new one.
+        let alert = Alert::sample();
+        let sinks = to(&["a"]);
+        let batch = [
+            Processed {
+                uid: 1,
+                content_key: "k1",
+                delivery: Some((&alert, &sinks[..])),
+            },
+            Processed {
+                uid: 2,
+                content_key: "k2",
+                delivery: Some((&alert, &sinks[..])),
+            },
+            Processed {
+                uid: 3,
+                content_key: "k-new",
+                delivery: Some((&alert, &sinks[..])),
+            },
+        ];
+        store.commit_batch("INBOX", 2, &batch, 3, false).unwrap();
+        assert_eq!(
+            store.claim("a", now_ms(), 10).unwrap().len(),
+            3,
+            "2 old + 1 new"
+        );
+    }
+
+    #[test]
+    fn rows_left_sending_return_to_pending_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.db");
+        {
+            let store = Store::open(&path).unwrap();
+            put(&store, 1, &[1], &["a"]);
+            assert_eq!(store.claim("a", now_ms(), 10).unwrap().len(), 1);
+            assert_eq!(store.unsent().unwrap()[0].state, "sending");
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.unsent().unwrap()[0].state, "pending");
+        assert_eq!(store.claim("a", now_ms(), 10).unwrap().len(), 1);
     }
 
     #[test]
@@ -516,27 +762,99 @@ mod tests {
     #[test]
     fn outbox_states() {
         let (_dir, store) = store();
-        let alert = Alert::sample();
-        let sinks = to(&["a"]);
-        let batch: Vec<_> = (1..=3)
-            .map(|uid| Processed {
-                uid,
-                delivery: Some((&alert, &sinks[..])),
-            })
-            .collect();
-        store.commit_batch("INBOX", 1, &batch, 3, false).unwrap();
-        let due = store.due("a", now_ms(), 10).unwrap();
+        put(&store, 1, &[1, 2, 3], &["a"]);
+        let due = store.claim("a", now_ms(), 10).unwrap();
         assert_eq!(due.len(), 3);
         store.mark_sent(&[due[0].id]).unwrap();
-        store.mark_dead(due[1].id, "rejected").unwrap();
+        store.mark_dead(due[1].id, true, "rejected", None).unwrap();
         store
             .mark_retry(due[2].id, now_ms() + 60_000, "503")
             .unwrap();
-        assert!(store.due("a", now_ms(), 10).unwrap().is_empty());
+        assert!(store.claim("a", now_ms(), 10).unwrap().is_empty());
         assert!(store.next_due("a").unwrap().unwrap() > now_ms());
         let counts = store.counts().unwrap();
         let states: Vec<_> = counts.iter().map(|(_, s, n)| (s.as_str(), *n)).collect();
         assert_eq!(states, vec![("dead", 1), ("pending", 1), ("sent", 1)]);
+    }
+
+    #[test]
+    fn release_returns_claimed_rows_untouched() {
+        let (_dir, store) = store();
+        put(&store, 1, &[1, 2], &["a"]);
+        let due = store.claim("a", now_ms(), 10).unwrap();
+        store.release(&[due[1].id]).unwrap();
+        let again = store.claim("a", now_ms(), 10).unwrap();
+        assert_eq!(
+            (again.len(), again[0].id, again[0].attempts),
+            (1, due[1].id, 0)
+        );
+    }
+
+    #[test]
+    fn a_dead_letter_queues_its_notice_in_the_same_transaction() {
+        let (_dir, store) = store();
+        put(&store, 1, &[1], &["a"]);
+        let row = store.claim("a", now_ms(), 10).unwrap().remove(0);
+        let mut notice = Alert::sample();
+        notice.title = "herald could not deliver".into();
+        store
+            .mark_dead(
+                row.id,
+                true,
+                "HTTP 404",
+                Some((&notice, &to(&["fallback"]))),
+            )
+            .unwrap();
+        let queued = store.claim("fallback", now_ms(), 10).unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].alert.title, "herald could not deliver");
+        let dead = store
+            .unsent()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.id == row.id)
+            .unwrap();
+        assert_eq!(
+            (
+                dead.state.as_str(),
+                dead.attempts,
+                dead.last_error.as_deref()
+            ),
+            ("dead", 1, Some("HTTP 404"))
+        );
+    }
+
+    #[test]
+    fn outbox_retry_and_drop() {
+        let (_dir, store) = store();
+        put(&store, 1, &[1, 2], &["a"]);
+        let due = store.claim("a", now_ms(), 10).unwrap();
+        store.mark_dead(due[0].id, true, "gone", None).unwrap();
+        store
+            .mark_retry(due[1].id, now_ms() + 3_600_000, "503")
+            .unwrap();
+        assert!(store.retry_now(due[0].id).unwrap());
+        assert!(store.drop_row(due[1].id).unwrap());
+        assert!(!store.drop_row(due[1].id).unwrap());
+        assert!(!store.retry_now(999).unwrap());
+        let rows = store.unsent().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].id, rows[0].state.as_str()), (due[0].id, "pending"));
+    }
+
+    #[test]
+    fn prune_forgets_only_finished_old_alerts() {
+        let (_dir, store) = store();
+        put(&store, 1, &[1, 2], &["a"]);
+        let due = store.claim("a", now_ms(), 10).unwrap();
+        store.mark_sent(&[due[0].id]).unwrap();
+        store.release(&[due[1].id]).unwrap();
+        assert_eq!(
+            store.prune(now_ms() + 1).unwrap(),
+            1,
+            "only the finished one"
+        );
+        assert_eq!(store.unsent().unwrap().len(), 1);
     }
 
     #[test]
@@ -554,6 +872,7 @@ mod tests {
         assert_eq!(store.backlog("INBOX", 2, 10).unwrap(), vec![98, 99]);
         let batch = [Processed {
             uid: 98,
+            content_key: "k98",
             delivery: None,
         }];
         store.commit_batch("INBOX", 2, &batch, 98, false).unwrap();
