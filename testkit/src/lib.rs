@@ -21,6 +21,7 @@ mod http;
 mod imap;
 mod mail;
 mod process;
+mod proxy;
 mod tls;
 
 pub use dovecot::{Dovecot, PASSWORD, USER};
@@ -28,6 +29,7 @@ pub use http::{Received, Receiver, Reply};
 pub use imap::{RawImap, Selected, COMMAND_TIMEOUT};
 pub use mail::{cron_mail, plain_mail};
 pub use process::{process_group_members, HeraldProcess};
+pub use proxy::{Fault, FaultProxy};
 pub use tls::{write_self_signed, write_unrelated_ca, CertFiles};
 
 /// A loopback TCP port that was free a moment ago (bound to 127.0.0.1:0, then released).
