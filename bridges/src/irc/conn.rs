@@ -132,7 +132,7 @@ pub struct Settings {
 #[derive(Debug)]
 pub enum Command {
     /// Send an alert to one channel and answer once the server confirmed it.
-    Deliver(Job),
+    Deliver(Box<Job>),
     /// Send `QUIT`, close the connection, end the task, then answer.
     Quit(oneshot::Sender<()>),
 }
@@ -347,12 +347,12 @@ async fn session(
                     break end;
                 }
                 Some(Command::Deliver(job)) => {
-                    state.deliver(job);
+                    state.deliver(*job);
                     // Take what else is queued right now, then confirm them all with one PING.
                     let mut more = 1;
                     while more < MAX_BATCH {
                         match commands.try_recv() {
-                            Ok(Command::Deliver(job)) => state.deliver(job),
+                            Ok(Command::Deliver(job)) => state.deliver(*job),
                             Ok(Command::Quit(ack)) => {
                                 // Unconfirmed jobs fail below; answer once the QUIT is out.
                                 let end = state.quit(&mut writer).await;
@@ -531,12 +531,10 @@ impl<'a> State<'a> {
                 ))
             }
             "CAP" => self.on_cap(&m)?,
-            "AUTHENTICATE" => {
-                if m.param(0) == "+" {
-                    if let Some((user, password)) = &self.settings.sasl {
-                        for line in wire::sasl_plain(user, password.expose()) {
-                            self.send(line);
-                        }
+            "AUTHENTICATE" if m.param(0) == "+" => {
+                if let Some((user, password)) = &self.settings.sasl {
+                    for line in wire::sasl_plain(user, password.expose()) {
+                        self.send(line);
                     }
                 }
             }
@@ -571,21 +569,15 @@ impl<'a> State<'a> {
                 self.send(wire::line("NICK", &[&self.identity.nick], None));
             }
             "JOIN" => self.on_join(&m),
-            "KICK" => {
-                if self.is_me(m.param(1)) {
-                    let by = m.source_nick().unwrap_or("?").to_owned();
-                    self.lost_channel(m.param(0), &format!("kicked from {} by {by}", m.param(0)));
-                }
+            "KICK" if self.is_me(m.param(1)) => {
+                let by = m.source_nick().unwrap_or("?").to_owned();
+                self.lost_channel(m.param(0), &format!("kicked from {} by {by}", m.param(0)));
             }
-            "PART" => {
-                if m.source_nick().is_some_and(|n| self.is_me(n)) {
-                    self.lost_channel(m.param(0), &format!("removed from {}", m.param(0)));
-                }
+            "PART" if m.source_nick().is_some_and(|n| self.is_me(n)) => {
+                self.lost_channel(m.param(0), &format!("removed from {}", m.param(0)));
             }
-            "NICK" => {
-                if m.source_nick().is_some_and(|n| self.is_me(n)) {
-                    self.identity.nick = m.param(0).to_owned();
-                }
+            "NICK" if m.source_nick().is_some_and(|n| self.is_me(n)) => {
+                self.identity.nick = m.param(0).to_owned();
             }
             _ => {}
         }
@@ -628,10 +620,8 @@ impl<'a> State<'a> {
                 }
                 self.send(wire::line("CAP", &["REQ"], Some("sasl")));
             }
-            "ACK" => {
-                if m.last().split(' ').any(|cap| cap == "sasl") {
-                    self.send(wire::line("AUTHENTICATE", &["PLAIN"], None));
-                }
+            "ACK" if m.last().split(' ').any(|cap| cap == "sasl") => {
+                self.send(wire::line("AUTHENTICATE", &["PLAIN"], None));
             }
             "NAK" => return Err("the server refused the sasl capability".into()),
             _ => {}

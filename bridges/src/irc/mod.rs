@@ -548,7 +548,7 @@ impl Irc {
             target: target.to_owned(),
             done,
         };
-        if self.commands.send(Command::Deliver(job)).is_err() {
+        if self.commands.send(Command::Deliver(Box::new(job))).is_err() {
             return retry("the IRC connection task has ended");
         }
         match tokio::time::timeout_at(deadline, answer).await {

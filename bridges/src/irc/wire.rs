@@ -1,7 +1,7 @@
 //! The IRC wire format: parsing what the server sends and building what herald sends.
 //!
 //! Guarantees:
-//! - [`line`] is the only way an outgoing line is made, and whatever its arguments hold, its
+//! - [`line()`] is the only way an outgoing line is made, and whatever its arguments hold, its
 //!   result contains no CR, LF or NUL and is at most [`MAX_LINE_BYTES`] bytes, cut on a UTF-8
 //!   boundary: a value can never end the line early and start another command \[RFC2812\] §2.3.
 //!   Middle parameters also lose spaces (a space would shift every later parameter).
