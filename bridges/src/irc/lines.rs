@@ -24,9 +24,10 @@ pub const RELAYED_LINE_BYTES: usize = 510;
 /// Hostnames may be up to 63 characters \[RFC2812\] §2.3.1 (via reference/sinks.md §5.4).
 pub const MAX_HOST: usize = 63;
 
-/// The user name length assumed until the server says (`USERLEN` in 005): 10 is the common
-/// `USERLEN` (Solanum's `USERLEN`, ngIRCd's `CLIENT_USER_LEN` − 1) — and the server may prepend
-/// `~` when ident fails, hence +1 where it is used.
+/// The user name length assumed until the server says (`USERLEN` in 005): 10, the value
+/// reference/sinks.md §5.4's example budget uses (user 11 = 10 + the `~` servers prepend when
+/// ident fails, hence +1 where it is used). UNVERIFIED as a universal maximum: a server
+/// announcing a larger `USERLEN` in 005 overrides it.
 pub const DEFAULT_USERLEN: usize = 10;
 
 /// How herald shows alerts on IRC.
