@@ -15,6 +15,7 @@ pub mod alert;
 pub mod console;
 pub mod discord;
 mod http;
+pub mod irc;
 pub mod pagerduty;
 pub mod present;
 pub mod ratelimit;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::de::{Deserialize, Deserializer, Error as _};
 
-use crate::{console, discord, pagerduty, slack, twilio, webhook, Alert};
+use crate::{console, discord, irc, pagerduty, slack, twilio, webhook, Alert};
 
 /// What one delivery attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +33,9 @@ pub enum Outcome {
 
 /// A boxed delivery future, so that sinks of different types share one `dyn Sink` interface.
 pub type DeliverFuture<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
+
+/// A boxed future of [`Sink::close`].
+pub type CloseFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// The target of a sink with a single destination (every sink but Twilio).
 pub const SINGLE_TARGET: &str = "";
@@ -59,6 +62,13 @@ pub trait Sink: Send + Sync {
         let _ = target;
         self.deliver(alert)
     }
+
+    /// Ends the sink's long-lived resources in an orderly way and waits for that: the IRC
+    /// sink sends `QUIT` and closes its connection. Call it once at shutdown, after the last
+    /// delivery (later deliveries answer `Retry`). By default there is nothing to do.
+    fn close(&self) -> CloseFuture<'_> {
+        Box::pin(async {})
+    }
 }
 
 /// A sink's configuration could not be turned into a sink.
@@ -72,7 +82,7 @@ pub enum SinkError {
         /// What is wrong with it (never the value of a secret).
         message: String,
     },
-    /// The HTTP client could not be built (TLS roots unreadable, …).
+    /// The HTTP or IRC client could not be built (TLS roots or `ca_file` unreadable, …).
     #[error("cannot build HTTP client: {0}")]
     Client(String),
 }
@@ -93,6 +103,8 @@ pub enum SinkConfig {
     PagerDuty(pagerduty::Config),
     /// Sends SMS through Twilio, one delivery per recipient.
     Twilio(twilio::Config),
+    /// Posts to IRC channels over one persistent connection, one delivery per channel.
+    Irc(irc::Config),
 }
 
 impl SinkConfig {
@@ -104,6 +116,7 @@ impl SinkConfig {
         "discord",
         "pagerduty",
         "twilio",
+        "irc",
     ];
 
     /// Deserializes the sink table of type `type_name` (the `type` key itself already taken
@@ -119,6 +132,7 @@ impl SinkConfig {
             "discord" => discord::Config::deserialize(deserializer).map(SinkConfig::Discord),
             "pagerduty" => pagerduty::Config::deserialize(deserializer).map(SinkConfig::PagerDuty),
             "twilio" => twilio::Config::deserialize(deserializer).map(SinkConfig::Twilio),
+            "irc" => irc::Config::deserialize(deserializer).map(SinkConfig::Irc),
             other => Err(D::Error::unknown_variant(other, Self::TYPES)),
         }
     }
@@ -132,6 +146,7 @@ impl SinkConfig {
             SinkConfig::Discord(_) => "discord",
             SinkConfig::PagerDuty(_) => "pagerduty",
             SinkConfig::Twilio(_) => "twilio",
+            SinkConfig::Irc(_) => "irc",
         }
     }
 
@@ -144,13 +159,14 @@ impl SinkConfig {
             SinkConfig::Discord(config) => config.validate(),
             SinkConfig::PagerDuty(config) => config.validate(),
             SinkConfig::Twilio(config) => config.validate(),
+            SinkConfig::Irc(config) => config.validate(),
         }
     }
 
     /// Exactly what the sink would send for `alert` (for `herald classify --render`), with no
     /// secret in it: the JSON body for HTTP sinks (PagerDuty's routing key shown as
     /// `**REDACTED**`), an array of per-recipient form fields for Twilio, `{"line": …}` for
-    /// the console. URLs and headers are not part of it (they may be credentials).
+    /// the console, `{"command", "targets", "lines"}` for IRC (no connection is made). URLs and headers are not part of it (they may be credentials).
     pub fn render(&self, alert: &Alert) -> serde_json::Value {
         match self {
             SinkConfig::Webhook(_) => webhook::payload(alert),
@@ -159,6 +175,7 @@ impl SinkConfig {
             SinkConfig::Discord(config) => config.render(alert),
             SinkConfig::PagerDuty(config) => config.render(alert),
             SinkConfig::Twilio(config) => config.render(alert),
+            SinkConfig::Irc(config) => config.render(alert),
         }
     }
 
@@ -171,6 +188,7 @@ impl SinkConfig {
             SinkConfig::Discord(config) => Box::new(discord::Discord::new(config)?),
             SinkConfig::PagerDuty(config) => Box::new(pagerduty::PagerDuty::new(config)?),
             SinkConfig::Twilio(config) => Box::new(twilio::Twilio::new(config)?),
+            SinkConfig::Irc(config) => Box::new(irc::Irc::new(config)?),
         })
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! - [`Dovecot`]: a private Dovecot IMAP server per test (plain or TLS), plus server-side
 //!   helpers that put mail in and read flags back over real IMAP.
+//! - [`Ngircd`]: a private ngIRCd server per test (plain or TLS); [`IrcClient`] joins a channel
+//!   and records what arrives.
 //! - [`RawImap`]: a minimal IMAP client, independent of herald's own IMAP code.
 //! - [`Receiver`]: a loopback HTTP server that records webhook POSTs and answers from a script.
 //! - [`HeraldProcess`]: runs the daemon binary with its output captured.
@@ -20,6 +22,7 @@ mod dovecot;
 mod http;
 mod imap;
 mod mail;
+mod ngircd;
 mod process;
 mod proxy;
 mod tls;
@@ -28,6 +31,7 @@ pub use dovecot::{Dovecot, PASSWORD, USER};
 pub use http::{Received, Receiver, Reply};
 pub use imap::{RawImap, Selected, COMMAND_TIMEOUT};
 pub use mail::{cron_mail, plain_mail};
+pub use ngircd::{is_message_from, IrcClient, IrcLine, Ngircd, NgircdOptions};
 pub use process::{process_group_members, HeraldProcess};
 pub use proxy::{Fault, FaultProxy};
 pub use tls::{write_self_signed, write_unrelated_ca, CertFiles};

@@ -7,6 +7,7 @@ mod limits;
 mod server;
 
 mod discord;
+mod irc;
 mod pagerduty;
 mod proptests;
 mod secrets;

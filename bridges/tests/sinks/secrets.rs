@@ -43,6 +43,14 @@ fn configs(addr: SocketAddr) -> Vec<SinkConfig> {
                                 "api_key_secret": format!("{MARK}twiliokey"), "from": "+14155550000", "to": ["+14155552345"], "api_base": base}),
         ),
         config(
+            "irc",
+            json!({"server": addr.ip().to_string(), "port": addr.port(), "tls": false,
+                   "password": format!("{MARK}pass"), "sasl_username": "bot",
+                   "sasl_password": format!("{MARK}sasl"),
+                   "channels": [{"name": "#ops", "key": format!("{MARK}key")}],
+                   "timeout": "1s"}),
+        ),
+        config(
             "webhook",
             json!({"url": format!("{base}/hook?token={MARK}url"), "headers": {"Authorization": format!("Bearer {MARK}hdr")},
                                  "secret": format!("{MARK}-signing-key-0123456789abcdef")}),
@@ -128,6 +136,14 @@ fn no_secret_in_validation_errors() {
             json!({"url": format!("{MARK}:/x"), "secret": MARK}),
         ),
         (
+            "irc",
+            json!({"server": "irc.example.net", "channels": ["#a"], "password": format!("{MARK}\r\nQUIT")}),
+        ),
+        (
+            "irc",
+            json!({"server": "irc.example.net", "channels": [{"name": "#a", "key": format!("{MARK} x")}]}),
+        ),
+        (
             "webhook",
             json!({"url": "https://example.net/", "secret": format!("whsec_{MARK}!!")}),
         ),
@@ -145,7 +161,7 @@ fn no_secret_in_validation_errors() {
 
 #[tokio::test]
 async fn no_secret_in_debug_of_built_sinks() {
-    use herald_bridges::{discord, pagerduty, slack, twilio, webhook};
+    use herald_bridges::{discord, irc, pagerduty, slack, twilio, webhook};
     let addr = refused_addr().await;
     for config in configs(addr) {
         let debug = match &config {
@@ -154,6 +170,7 @@ async fn no_secret_in_debug_of_built_sinks() {
             SinkConfig::PagerDuty(c) => format!("{:?}", pagerduty::PagerDuty::new(c).unwrap()),
             SinkConfig::Twilio(c) => format!("{:?}", twilio::Twilio::new(c).unwrap()),
             SinkConfig::Webhook(c) => format!("{:?}", webhook::Webhook::new(c).unwrap()),
+            SinkConfig::Irc(c) => format!("{:?}", irc::Irc::new(c).unwrap()),
             other => format!("{other:?}"),
         };
         assert!(!leaks(&debug), "{debug}");
