@@ -39,6 +39,9 @@ enum Command {
         /// One JSON object per message (JSON Lines).
         #[arg(long)]
         json: bool,
+        /// For each rule: whether it matched and, if not, which condition failed.
+        #[arg(long)]
+        explain: bool,
         /// Message files (.eml); `-` reads one message from standard input.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -69,8 +72,11 @@ pub fn main() -> ExitCode {
         Command::Classify {
             config,
             json,
+            explain,
             files,
-        } => optional_config(&config).map(|config| classify(config.as_ref(), json, &files)),
+        } => {
+            optional_config(&config).map(|config| classify(config.as_ref(), json, explain, &files))
+        }
         Command::Version => {
             println!("herald {}", env!("CARGO_PKG_VERSION"));
             Ok(Ok(()))
@@ -145,7 +151,7 @@ fn check(config: &Config, connect: bool) -> Result<()> {
     Ok(())
 }
 
-fn classify(config: Option<&Config>, json: bool, files: &[PathBuf]) -> Result<()> {
+fn classify(config: Option<&Config>, json: bool, explain: bool, files: &[PathBuf]) -> Result<()> {
     let router = config.map_or_else(
         || Router::new(Vec::new(), Vec::new()),
         |c| Router::new(c.rules.clone(), c.default_sinks.clone()),
@@ -166,11 +172,18 @@ fn classify(config: Option<&Config>, json: bool, files: &[PathBuf]) -> Result<()
             }
         };
         let truncated = raw.len() > max;
-        let decision = router.decide(raw.get(..max).unwrap_or(&raw), truncated);
+        let (decision, trace) = router.explain(raw.get(..max).unwrap_or(&raw), truncated);
         if json {
-            writeln!(out, "{}", classify_json(file, &decision))?;
+            let mut object = classify_json(file, &decision);
+            if explain {
+                crate::route::explain_json(&mut object, &trace);
+            }
+            writeln!(out, "{object}")?;
         } else {
             writeln!(out, "{}", classify_text(file, &decision))?;
+            if explain {
+                write!(out, "{}", crate::route::explain_text(&trace))?;
+            }
         }
     }
     if failures > 0 {
