@@ -1035,6 +1035,7 @@ pub fn explain_text(trace: &[RuleTrace]) -> String {
             (Some(_), false) => "not reached".to_owned(),
             (Some(why), true) => format!("no match: {why}"),
         };
+        // Writing to a String cannot fail.
         let _ = writeln!(out, "    rule {}: {outcome}", t.rule);
     }
     out
