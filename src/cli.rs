@@ -39,6 +39,9 @@ enum Command {
         /// One JSON object per message (JSON Lines).
         #[arg(long)]
         json: bool,
+        /// For each rule: whether it matched and, if not, which condition failed.
+        #[arg(long)]
+        explain: bool,
         /// Add each target sink's exact payload (`payloads`) to the JSON.
         #[arg(long, requires = "json")]
         render: bool,
@@ -79,15 +82,16 @@ pub fn main() -> ExitCode {
         Command::Classify {
             config,
             json,
+            explain,
             render,
             files,
         } => optional_config(&config).map(|config| {
-            let format = match (json, render) {
-                (false, _) => Format::Text,
-                (true, false) => Format::Json,
-                (true, true) => Format::Render,
+            let output = Output {
+                json,
+                explain,
+                render,
             };
-            classify(config.as_ref(), format, &files)
+            classify(config.as_ref(), output, &files)
         }),
         Command::TestSink { config, name } => load(&config).and_then(|config| {
             let sink = config
@@ -179,15 +183,18 @@ fn check(config: &Config, connect: bool) -> Result<()> {
     Ok(())
 }
 
-/// How `classify` prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
-    Text,
-    Json,
-    Render,
+/// What `classify` prints for each message.
+#[derive(Debug, Clone, Copy)]
+struct Output {
+    /// JSON Lines rather than text.
+    json: bool,
+    /// Add each rule's verdict.
+    explain: bool,
+    /// Add each target sink's payload (JSON only).
+    render: bool,
 }
 
-fn classify(config: Option<&Config>, format: Format, files: &[PathBuf]) -> Result<()> {
+fn classify(config: Option<&Config>, output: Output, files: &[PathBuf]) -> Result<()> {
     let router = config.map_or_else(
         || Router::new(Vec::new(), Vec::new()),
         |c| Router::new(c.rules.clone(), c.default_sinks.clone()),
@@ -208,16 +215,22 @@ fn classify(config: Option<&Config>, format: Format, files: &[PathBuf]) -> Resul
             }
         };
         let truncated = raw.len() > max;
-        let decision = router.decide(raw.get(..max).unwrap_or(&raw), truncated);
-        match format {
-            Format::Text => writeln!(out, "{}", classify_text(file, &decision))?,
-            Format::Json => writeln!(out, "{}", classify_json(file, &decision))?,
-            Format::Render => {
-                let mut object = classify_json(file, &decision);
-                if let (Value::Object(fields), Some(config)) = (&mut object, config) {
-                    fields.insert("payloads".into(), payloads(config, &decision));
-                }
-                writeln!(out, "{object}")?;
+        let (decision, trace) = router.explain(raw.get(..max).unwrap_or(&raw), truncated);
+        if output.json {
+            let mut object = classify_json(file, &decision);
+            if output.explain {
+                crate::route::explain_json(&mut object, &trace);
+            }
+            if let (true, Value::Object(fields), Some(config)) =
+                (output.render, &mut object, config)
+            {
+                fields.insert("payloads".into(), payloads(config, &decision));
+            }
+            writeln!(out, "{object}")?;
+        } else {
+            writeln!(out, "{}", classify_text(file, &decision))?;
+            if output.explain {
+                write!(out, "{}", crate::route::explain_text(&trace))?;
             }
         }
     }

@@ -783,8 +783,10 @@ fn find_in_value(
         DeValue::Array(items) => {
             for (i, item) in items.iter().enumerate() {
                 let item_path = format!("{path}[{i}]");
-                if contains(&item.span(), span) {
-                    if matches!(item.get_ref(), DeValue::Table(_)) {
+                // A `[[rules]]` item's span is only its header line: look inside tables anyway.
+                let table = matches!(item.get_ref(), DeValue::Table(_));
+                if table || contains(&item.span(), span) {
+                    if table && contains(&item.span(), span) {
                         *found = Some(item_path.clone());
                     }
                     find_in_value(item, &item_path, span, found);

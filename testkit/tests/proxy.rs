@@ -77,7 +77,7 @@ async fn wait_connections(proxy: &FaultProxy, n: usize) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test]
 async fn pass_forwards_both_ways_and_counts_connections() {
     let (proxy, mut client) = proxied_echo().await;
     assert_ne!(proxy.port(), 0);
@@ -102,7 +102,7 @@ async fn pass_forwards_both_ways_and_counts_connections() {
     assert_eq!(read_to_end(&mut second).await, (Vec::new(), None));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test]
 async fn delay_holds_each_chunk_back() {
     let (proxy, mut client) = proxied_echo().await;
     proxy.set(Fault::Delay(DELAY));
@@ -112,7 +112,7 @@ async fn delay_holds_each_chunk_back() {
     assert!(took >= 2 * DELAY, "round trip took {took:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test]
 async fn black_hole_forwards_nothing_and_keeps_connections_open() {
     let (proxy, mut client) = proxied_echo().await;
     proxy.set(Fault::BlackHole);
@@ -131,7 +131,7 @@ async fn black_hole_forwards_nothing_and_keeps_connections_open() {
     assert_eq!(round_trip(&mut late, b"back").await.0, b"back");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test]
 async fn reset_sends_rst_to_live_and_new_connections() {
     let (proxy, mut client) = proxied_echo().await;
     assert_eq!(round_trip(&mut client, b"ok").await.0, b"ok");
@@ -154,7 +154,7 @@ async fn reset_sends_rst_to_live_and_new_connections() {
     wait_connections(&proxy, 0).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test]
 async fn cut_after_delivers_exactly_n_bytes_then_resets() {
     let (proxy, mut client) = proxied_echo().await;
     proxy.set(Fault::CutAfter(4321));
@@ -166,7 +166,7 @@ async fn cut_after_delivers_exactly_n_bytes_then_resets() {
     assert_eq!(ended, Some(ErrorKind::ConnectionReset));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test]
 async fn refuse_then_pass_listens_again_on_the_same_port() {
     let (proxy, mut client) = proxied_echo().await;
     assert_eq!(round_trip(&mut client, b"ok").await.0, b"ok");
@@ -187,7 +187,7 @@ async fn refuse_then_pass_listens_again_on_the_same_port() {
     assert_eq!(proxy.accepted(), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test]
 async fn faults_switch_on_a_live_connection() {
     let (proxy, mut client) = proxied_echo().await;
     assert_eq!(round_trip(&mut client, b"pass").await.0, b"pass");
@@ -215,7 +215,7 @@ async fn faults_switch_on_a_live_connection() {
     wait_connections(&proxy, 0).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test]
 async fn imap_works_through_the_proxy_until_it_black_holes() {
     let dovecot = Dovecot::start().await.unwrap();
     let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], dovecot.port())))
