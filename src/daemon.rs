@@ -42,6 +42,8 @@ pub async fn run(config: Config) -> Result<()> {
     );
     let workers_stop = CancellationToken::new();
     let mut workers = JoinSet::new();
+    let all_sinks: Vec<Arc<dyn herald_bridges::Sink>> =
+        sinks.iter().map(|(_, sink)| sink.clone()).collect();
     for (name, sink) in sinks {
         let policy = config.delivery.get(&name).copied().unwrap_or_default();
         let worker = Worker::new(
@@ -137,6 +139,15 @@ pub async fn run(config: Config) -> Result<()> {
                 workers.abort_all();
                 break;
             }
+        }
+    }
+    // Long-lived connections (IRC) say goodbye; bounded, since the peer may be gone.
+    for sink in &all_sinks {
+        if tokio::time::timeout(std::time::Duration::from_secs(5), sink.close())
+            .await
+            .is_err()
+        {
+            warn!("A sink did not close within 5 s.");
         }
     }
     match failure {

@@ -1,0 +1,440 @@
+//! The delivery guarantees end to end (reliability.md): crashes at every crash point and at
+//! random moments lose nothing; a sink that is down gets everything once it is back; a
+//! recreated mailbox does not repeat alerts; Dovecot restarts and half-open links are
+//! survived; shutdown is bounded even with a hanging sink.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{spawn, start_herald, wait_for_flags, write_config, Imap, DEADLINE};
+use herald_testkit::{plain_mail, Dovecot, Fault, FaultProxy, HeraldProcess, Receiver, Reply};
+
+/// A Dovecot, a receiver and a state directory.
+struct Env {
+    dovecot: Dovecot,
+    receiver: Receiver,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    async fn new(receiver: Receiver) -> Env {
+        Env {
+            dovecot: Dovecot::start().await.expect("dovecot"),
+            receiver,
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// The standard test configuration, with `extra` appended to the webhook sink's table
+    /// (its last table) and `imap` lines added.
+    fn config(&self, imap: Imap, sink_extra: &str) -> std::path::PathBuf {
+        let path = write_config(self.dir.path(), self.dir.path(), &imap, &self.receiver);
+        let text = std::fs::read_to_string(&path).expect("config");
+        let text = text.replace(
+            "timeout = \"5s\"\n",
+            &format!("timeout = \"5s\"\n{sink_extra}\n"),
+        );
+        std::fs::write(&path, text).expect("config");
+        path
+    }
+}
+
+/// Delivered (HTTP 200) requests per alert title.
+fn delivered(receiver: &Receiver) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for r in receiver.received().into_iter().filter(|r| r.status == 200) {
+        let title = r.body["title"].as_str().unwrap_or_default().to_owned();
+        *counts.entry(title).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Waits until every title has been delivered at least once.
+async fn wait_delivered(
+    receiver: &Receiver,
+    titles: &[String],
+    herald: Option<&HeraldProcess>,
+) -> HashMap<String, usize> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts = delivered(receiver);
+        if titles.iter().all(|t| counts.contains_key(t)) {
+            return counts;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let missing: Vec<_> = titles.iter().filter(|t| !counts.contains_key(*t)).collect();
+            panic!(
+                "not delivered: {missing:?}\n{}",
+                herald.map(|h| h.stderr()).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const FAST_RETRY: &str = "retry_min = \"200ms\"\nretry_max = \"1s\"";
+
+#[tokio::test]
+async fn a_sink_down_for_a_while_gets_everything_once_it_is_back() {
+    let script = vec![Reply::status(503).body("{\"error\":\"maintenance\"}"); 6];
+    let env = Env::new(Receiver::with_script(script).await.expect("receiver")).await;
+    let config = env.config(Imap::plain(&env.dovecot), FAST_RETRY);
+    let herald = start_herald(&config).await;
+    let titles: Vec<String> = (0..5).map(|i| format!("while down {i}")).collect();
+    for t in &titles {
+        env.dovecot
+            .append("INBOX", &plain_mail(t, "x\n"))
+            .await
+            .expect("append");
+    }
+    let counts = wait_delivered(&env.receiver, &titles, Some(&herald)).await;
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "delivered twice: {counts:?}"
+    );
+    assert!(
+        env.receiver
+            .received()
+            .iter()
+            .filter(|r| r.status == 503)
+            .count()
+            == 6
+    );
+    assert!(herald.stderr().contains("Delivery failed, will retry."));
+}
+
+#[tokio::test]
+async fn a_crash_at_any_crash_point_loses_nothing() {
+    for point in [
+        "after-fetch",
+        "after-commit",
+        "before-flag",
+        "after-send-before-mark",
+    ] {
+        let env = Env::new(Receiver::start().await.expect("receiver")).await;
+        let config = env.config(Imap::plain(&env.dovecot), "");
+        let config_arg = config.to_str().expect("path");
+        let mut herald = HeraldProcess::spawn(
+            std::path::Path::new(env!("CARGO_BIN_EXE_herald")),
+            &["run", "-c", config_arg],
+            &[
+                ("TEST_IMAP_PASSWORD", herald_testkit::PASSWORD),
+                ("HERALD_CRASH_POINT", point),
+                ("HERALD_LOG", "debug"),
+            ],
+        )
+        .expect("spawn");
+        herald
+            .wait_for_stderr("Selected mailbox", DEADLINE)
+            .await
+            .expect("started");
+        let titles: Vec<String> = (0..3).map(|i| format!("{point} {i}")).collect();
+        let mut uids = Vec::new();
+        for t in &titles {
+            uids.push(
+                env.dovecot
+                    .append("INBOX", &plain_mail(t, "x\n"))
+                    .await
+                    .expect("append"),
+            );
+        }
+        let status = herald.wait_exit(DEADLINE).await.expect("crash");
+        assert!(!status.success(), "{point}: herald did not crash");
+        assert!(
+            herald
+                .stderr()
+                .contains(&format!("crash point {point} reached")),
+            "{point}: {}",
+            herald.stderr()
+        );
+
+        let herald = start_herald(&config).await;
+        let counts = wait_delivered(&env.receiver, &titles, Some(&herald)).await;
+        if point != "after-send-before-mark" {
+            assert!(
+                counts.values().all(|&n| n == 1),
+                "{point}: repeated: {counts:?}"
+            );
+        } else {
+            assert!(
+                counts.values().all(|&n| n <= 2),
+                "{point}: repeated more than once: {counts:?}"
+            );
+        }
+        for uid in uids {
+            wait_for_flags(&env.dovecot, uid, |f| f.iter().any(|f| f == "\\Seen")).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn random_kills_during_a_stream_lose_nothing() {
+    let env = Env::new(Receiver::start().await.expect("receiver")).await;
+    let config = env.config(Imap::plain(&env.dovecot), "");
+    let titles: Vec<String> = (0..40).map(|i| format!("stream {i}")).collect();
+    let mut herald = start_herald(&config).await;
+    let mut kills = 0;
+    for (i, t) in titles.iter().enumerate() {
+        env.dovecot
+            .append("INBOX", &plain_mail(t, "x\n"))
+            .await
+            .expect("append");
+        if i % 8 == 7 {
+            // SIGKILL at a random moment within the next 300 ms, then start again.
+            tokio::time::sleep(Duration::from_millis(fastrand::u64(0..300))).await;
+            herald.kill().expect("kill");
+            herald.wait_exit(DEADLINE).await.expect("killed");
+            kills += 1;
+            herald = start_herald(&config).await;
+        }
+    }
+    let counts = wait_delivered(&env.receiver, &titles, Some(&herald)).await;
+    let repeats: usize = counts.values().map(|n| n - 1).sum();
+    // Only a delivery in flight at a kill can repeat: at most a batch per kill.
+    assert!(
+        repeats <= kills * 32,
+        "{repeats} repeats after {kills} kills: {counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_recreated_mailbox_alerts_only_on_new_mail() {
+    let mut env = Env::new(Receiver::start().await.expect("receiver")).await;
+    env.dovecot.create_mailbox("Alerts").await.expect("create");
+    let config = env.config(
+        Imap::plain(&env.dovecot).with("mailbox = \"Alerts\""),
+        FAST_RETRY,
+    );
+    let herald = start_herald(&config).await;
+    let old: Vec<Vec<u8>> = (0..5)
+        .map(|i| plain_mail(&format!("old {i}"), "x\n"))
+        .collect();
+    for raw in &old {
+        env.dovecot.append("Alerts", raw).await.expect("append");
+    }
+    let titles: Vec<String> = (0..5).map(|i| format!("old {i}")).collect();
+    wait_delivered(&env.receiver, &titles, Some(&herald)).await;
+    let before = env
+        .dovecot
+        .uidvalidity("Alerts")
+        .await
+        .expect("uidvalidity");
+
+    env.dovecot.delete_mailbox("Alerts").await.expect("delete");
+    env.dovecot.create_mailbox("Alerts").await.expect("create");
+    assert_ne!(
+        env.dovecot
+            .uidvalidity("Alerts")
+            .await
+            .expect("uidvalidity"),
+        before
+    );
+    for raw in &old {
+        env.dovecot.append("Alerts", raw).await.expect("append");
+    }
+    let new: Vec<String> = (0..2).map(|i| format!("new {i}")).collect();
+    for t in &new {
+        env.dovecot
+            .append("Alerts", &plain_mail(t, "x\n"))
+            .await
+            .expect("append");
+    }
+    let counts = wait_delivered(&env.receiver, &new, Some(&herald)).await;
+    assert_eq!(
+        counts.values().sum::<usize>(),
+        7,
+        "old mail alerted again: {counts:?}\n{}",
+        herald.stderr()
+    );
+    assert!(
+        herald.stderr().contains("UIDVALIDITY changed"),
+        "{}",
+        herald.stderr()
+    );
+}
+
+#[tokio::test]
+async fn mail_arriving_around_a_dovecot_restart_is_delivered() {
+    let mut env = Env::new(Receiver::start().await.expect("receiver")).await;
+    let config = env.config(Imap::plain(&env.dovecot).with("timeout = \"5s\""), "");
+    let herald = start_herald(&config).await;
+    env.dovecot
+        .append("INBOX", &plain_mail("before restart", "x\n"))
+        .await
+        .expect("append");
+    env.dovecot.restart().await.expect("restart");
+    env.dovecot
+        .append("INBOX", &plain_mail("after restart", "x\n"))
+        .await
+        .expect("append");
+    let titles = vec!["before restart".to_string(), "after restart".to_string()];
+    let counts = wait_delivered(&env.receiver, &titles, Some(&herald)).await;
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+}
+
+#[tokio::test]
+async fn a_half_open_imap_connection_is_detected_and_replaced() {
+    let env = Env::new(Receiver::start().await.expect("receiver")).await;
+    let proxy = FaultProxy::start(([127, 0, 0, 1], env.dovecot.port()).into())
+        .await
+        .expect("proxy");
+    let imap = Imap {
+        port: proxy.port(),
+        ..Imap::plain(&env.dovecot)
+    }
+    .with("idle_keepalive = \"2s\"")
+    .with("timeout = \"2s\"");
+    let config = env.config(imap, "");
+    let herald = start_herald(&config).await;
+    herald
+        .wait_for_stderr("First start on this mailbox", DEADLINE)
+        .await
+        .expect("baseline");
+    proxy.set(Fault::BlackHole);
+    env.dovecot
+        .append("INBOX", &plain_mail("sent into the void", "x\n"))
+        .await
+        .expect("append");
+    herald
+        .wait_for_stderr("IMAP session failed, reconnecting.", DEADLINE)
+        .await
+        .expect("dead link noticed");
+    proxy.set(Fault::Pass);
+    let accepted = proxy.accepted();
+    proxy
+        .wait_accepted(accepted + 1, DEADLINE * 3)
+        .await
+        .expect("reconnected");
+    wait_delivered(
+        &env.receiver,
+        &["sent into the void".to_string()],
+        Some(&herald),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn shutdown_is_bounded_with_a_hanging_sink_and_the_alert_survives() {
+    let receiver = Receiver::start().await.expect("receiver");
+    let proxy = FaultProxy::start(([127, 0, 0, 1], receiver.port()).into())
+        .await
+        .expect("proxy");
+    let env = Env::new(receiver).await;
+    let path = write_config(
+        env.dir.path(),
+        env.dir.path(),
+        &Imap::plain(&env.dovecot),
+        &env.receiver,
+    );
+    let text = std::fs::read_to_string(&path)
+        .expect("config")
+        .replace(
+            &format!(":{}/", env.receiver.port()),
+            &format!(":{}/", proxy.port()),
+        )
+        .replace("timeout = \"5s\"", "timeout = \"60s\"")
+        .replace(
+            "[defaults]",
+            "[server]\nshutdown_timeout = \"2s\"\n\n[defaults]",
+        );
+    std::fs::write(&path, text).expect("config");
+    proxy.set(Fault::BlackHole);
+    let mut herald = start_herald(&path).await;
+    env.dovecot
+        .append("INBOX", &plain_mail("stuck", "x\n"))
+        .await
+        .expect("append");
+    proxy
+        .wait_accepted(1, DEADLINE)
+        .await
+        .expect("delivery attempt");
+
+    let started = std::time::Instant::now();
+    herald.sigterm().expect("sigterm");
+    let status = herald.wait_exit(DEADLINE).await.expect("exit");
+    let took = started.elapsed();
+    assert!(status.success(), "{status:?}\n{}", herald.stderr());
+    assert!(took < Duration::from_secs(4), "shutdown took {took:?}");
+    assert!(
+        herald
+            .stderr()
+            .contains("Deliveries still in flight at the shutdown deadline"),
+        "{}",
+        herald.stderr()
+    );
+    assert!(delivered(&env.receiver).is_empty());
+
+    proxy.set(Fault::Pass);
+    let herald = start_herald(&path).await;
+    let counts = wait_delivered(&env.receiver, &["stuck".to_string()], Some(&herald)).await;
+    assert_eq!(counts["stuck"], 1);
+}
+
+#[tokio::test]
+async fn outbox_lists_retries_and_drops_dead_deliveries() {
+    let script = vec![
+        Reply::status(410).body("gone"),
+        Reply::status(410).body("gone"),
+    ];
+    let env = Env::new(Receiver::with_script(script).await.expect("receiver")).await;
+    let config = env.config(Imap::plain(&env.dovecot), "");
+    let config_arg = config.to_str().expect("path").to_owned();
+    let herald = start_herald(&config).await;
+    env.dovecot
+        .append("INBOX", &plain_mail("rejected once", "x\n"))
+        .await
+        .expect("append");
+    env.dovecot
+        .append("INBOX", &plain_mail("rejected twice", "x\n"))
+        .await
+        .expect("append");
+    herald
+        .wait_for_stderr("dead-lettered", DEADLINE)
+        .await
+        .expect("dead");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let list = loop {
+        let mut out = spawn(&["outbox", "-c", &config_arg, "list"]);
+        assert!(
+            out.wait_exit(DEADLINE).await.expect("exit").success(),
+            "{}",
+            out.stderr()
+        );
+        if out.stdout().contains("2 undelivered") || tokio::time::Instant::now() > deadline {
+            break out.stdout();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(list.contains("2 undelivered"), "{list}");
+    let ids: Vec<String> = list
+        .lines()
+        .filter(|l| l.contains("dead"))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    assert_eq!(ids.len(), 2, "{list}");
+    assert!(list.contains("HTTP 410"), "{list}");
+
+    let mut retry = spawn(&["outbox", "-c", &config_arg, "retry", &ids[0]]);
+    assert!(
+        retry.wait_exit(DEADLINE).await.expect("exit").success(),
+        "{}",
+        retry.stderr()
+    );
+    let mut drop = spawn(&["outbox", "-c", &config_arg, "drop", &ids[1]]);
+    assert!(
+        drop.wait_exit(DEADLINE).await.expect("exit").success(),
+        "{}",
+        drop.stderr()
+    );
+    let mut again = spawn(&["outbox", "-c", &config_arg, "drop", &ids[1]]);
+    assert_eq!(
+        again.wait_exit(DEADLINE).await.expect("exit").code(),
+        Some(1)
+    );
+
+    // The running daemon picks the retried row up by itself.
+    wait_delivered(&env.receiver, &["rejected once".to_string()], Some(&herald)).await;
+    assert!(!delivered(&env.receiver).contains_key("rejected twice"));
+}
