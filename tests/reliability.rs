@@ -438,3 +438,45 @@ async fn outbox_lists_retries_and_drops_dead_deliveries() {
     wait_delivered(&env.receiver, &["rejected once".to_string()], Some(&herald)).await;
     assert!(!delivered(&env.receiver).contains_key("rejected twice"));
 }
+
+#[tokio::test]
+async fn a_fetch_cut_half_way_or_reset_is_retried_on_a_new_connection() {
+    for fault in [Fault::CutAfter(20_000), Fault::Reset] {
+        let env = Env::new(Receiver::start().await.expect("receiver")).await;
+        let proxy = FaultProxy::start(([127, 0, 0, 1], env.dovecot.port()).into())
+            .await
+            .expect("proxy");
+        let imap = Imap {
+            port: proxy.port(),
+            ..Imap::plain(&env.dovecot)
+        }
+        .with("timeout = \"3s\"");
+        let herald = start_herald(&env.config(imap, "")).await;
+        herald
+            .wait_for_stderr("First start on this mailbox", DEADLINE)
+            .await
+            .expect("baseline");
+        let accepted = proxy.accepted();
+        // A large message: its literal is far longer than the cut.
+        proxy.set(fault);
+        let title = format!("big message through {fault:?}");
+        env.dovecot
+            .append(
+                "INBOX",
+                &plain_mail(&title, &"0123456789abcdef\n".repeat(10_000)),
+            )
+            .await
+            .expect("append");
+        herald
+            .wait_for_stderr("IMAP session failed, reconnecting.", DEADLINE)
+            .await
+            .unwrap_or_else(|e| panic!("{fault:?}: {e:#}"));
+        proxy.set(Fault::Pass);
+        proxy
+            .wait_accepted(accepted + 1, DEADLINE * 3)
+            .await
+            .expect("reconnected");
+        let counts = wait_delivered(&env.receiver, &[title.clone()], Some(&herald)).await;
+        assert_eq!(counts[&title], 1, "{fault:?}");
+    }
+}
