@@ -19,6 +19,8 @@ pub mod crashpoint;
 pub mod daemon;
 pub mod deliver;
 pub mod mailbox;
+pub mod metrics;
 pub mod route;
+pub mod serve;
 pub mod store;
 pub mod tls;
