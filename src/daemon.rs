@@ -17,6 +17,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::deliver::{Fanout, Worker};
 use crate::mailbox::Mailbox;
+use crate::metrics::Metrics;
 use crate::route::Router;
 use crate::store::Store;
 
@@ -26,6 +27,12 @@ const RETENTION_MS: i64 = 30 * 24 * 3600 * 1000;
 /// Runs until a signal asks to stop, or a fatal error.
 pub async fn run(config: Config) -> Result<()> {
     let store = Arc::new(Store::open(&config.state.path)?);
+    let metrics = Metrics::new();
+    // Bind before anything else starts, so a taken port stops herald at once.
+    let listener = match config.server.listen {
+        Some(listen) => Some(crate::serve::bind(listen).await?),
+        None => None,
+    };
     let mut sinks = Vec::with_capacity(config.sinks.len());
     for (name, sink_config) in &config.sinks {
         let sink: Arc<dyn herald_bridges::Sink> = Arc::from(
@@ -45,6 +52,7 @@ pub async fn run(config: Config) -> Result<()> {
     let all_sinks: Vec<Arc<dyn herald_bridges::Sink>> =
         sinks.iter().map(|(_, sink)| sink.clone()).collect();
     for (name, sink) in sinks {
+        metrics.init_sink(&name);
         let policy = config.delivery.get(&name).copied().unwrap_or_default();
         let worker = Worker::new(
             name.clone(),
@@ -53,6 +61,7 @@ pub async fn run(config: Config) -> Result<()> {
             policy,
             fanout.clone(),
             config.fallback.clone(),
+            metrics.clone(),
         );
         let stop = workers_stop.clone();
         let name = name.clone();
@@ -78,7 +87,22 @@ pub async fn run(config: Config) -> Result<()> {
         });
     }
     let router = Router::new(config.rules.clone(), config.default_sinks.clone());
-    let mailbox = Mailbox::new(config.imap.clone(), router, store, fanout)?;
+    if let Some((listener, address)) = listener {
+        // Ready while the session answers: a live session hears from the server at least at
+        // every IDLE refresh, and a dead one is noticed within idle_keepalive + timeout.
+        let ready_within =
+            config.imap.idle_refresh + config.imap.idle_keepalive + config.imap.timeout;
+        let (metrics, store, stop) = (metrics.clone(), store.clone(), workers_stop.clone());
+        tokio::spawn(async move {
+            if let Err(error) =
+                crate::serve::serve_on(listener, metrics, store, ready_within, stop).await
+            {
+                error!(error = %format!("{error:#}"), "The metrics server failed.");
+            }
+        });
+        info!(%address, "Serving /metrics, /healthz and /readyz.");
+    }
+    let mailbox = Mailbox::new(config.imap.clone(), router, store, fanout, metrics)?;
     let mailbox_stop = CancellationToken::new();
     let mut mailbox_task = {
         let stop = mailbox_stop.clone();

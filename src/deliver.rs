@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::DeliveryPolicy;
+use crate::metrics::{self, Metrics};
 use crate::store::{now_ms, Destination, Due, Store};
 
 /// Rows read per batch.
@@ -143,6 +144,7 @@ pub struct Worker {
     policy: DeliveryPolicy,
     fanout: Fanout,
     fallback: Option<String>,
+    metrics: Arc<Metrics>,
     wake: Arc<Notify>,
     clock: Clock,
 }
@@ -157,6 +159,7 @@ impl Worker {
         policy: DeliveryPolicy,
         fanout: Fanout,
         fallback: Option<String>,
+        metrics: Arc<Metrics>,
     ) -> Worker {
         let wake = fanout.signal(&name);
         let fallback = fallback.filter(|f| *f != name);
@@ -167,6 +170,7 @@ impl Worker {
             policy,
             fanout,
             fallback,
+            metrics,
             wake,
             clock: Clock::new(),
         }
@@ -201,6 +205,7 @@ impl Worker {
                         humantime::format_duration(self.policy.max_age),
                         row.attempts
                     );
+                    self.metrics.delivery(&self.name, metrics::Outcome::Expired);
                     self.dead_letter(&row, false, &reason)?;
                     continue;
                 }
@@ -209,6 +214,11 @@ impl Worker {
                 match outcome {
                     Outcome::Delivered => {
                         info!(sink = %self.name, id = row.id, target = %row.target, title = %row.alert.title, "Alert delivered.");
+                        self.metrics
+                            .delivery(&self.name, metrics::Outcome::Delivered);
+                        let age = self.clock.now_ms().saturating_sub(row.created_at);
+                        self.metrics
+                            .delivery_latency(&self.name, age as f64 / 1000.0);
                         sent.push(row.id);
                     }
                     Outcome::Retry { after, reason } => {
@@ -222,7 +232,11 @@ impl Worker {
                         pause = Some(delay);
                         break;
                     }
-                    Outcome::Rejected { reason } => self.dead_letter(&row, true, &reason)?,
+                    Outcome::Rejected { reason } => {
+                        self.metrics
+                            .delivery(&self.name, metrics::Outcome::Rejected);
+                        self.dead_letter(&row, true, &reason)?;
+                    }
                 }
                 if stop.is_cancelled() {
                     break;
@@ -244,6 +258,7 @@ impl Worker {
     /// Gives a row up, loudly: an ERROR line, and a notice through the fallback sink.
     fn dead_letter(&self, row: &Due, attempted: bool, reason: &str) -> Result<()> {
         error!(sink = %self.name, id = row.id, target = %row.target, error = %reason, title = %row.alert.title, "Alert dead-lettered: it will not be delivered to this sink.");
+        self.metrics.dead_letter(&self.name);
         let notice = self.fallback.as_ref().map(|fallback| {
             let alert = dead_letter_notice(&self.name, row, reason);
             let destinations = self.fanout.destinations(std::slice::from_ref(fallback));

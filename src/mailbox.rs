@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{ImapConfig, Processed, TlsMode};
 use crate::deliver::Fanout;
+use crate::metrics::Metrics;
 use crate::route::Router;
 use crate::store::{self, Store};
 
@@ -54,7 +55,7 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: u32 = 256 * 1024;
 
 /// Logs in and selects the mailbox, then logs out: `herald check --connect`.
 pub async fn probe(config: &ImapConfig) -> Result<()> {
-    let imap = Imap::new(config.clone())?;
+    let imap = Imap::new(config.clone(), Metrics::new())?;
     let mut session = imap.connect().await.map_err(SessionError::into_inner)?;
     imap.select(&mut session)
         .await
@@ -73,6 +74,7 @@ type Session = async_imap::Session<Box<dyn ImapStream>>;
 struct Imap {
     config: ImapConfig,
     tls: Option<Arc<rustls::ClientConfig>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Watches one mailbox and feeds the store.
@@ -97,9 +99,10 @@ impl Mailbox {
         router: Router,
         store: Arc<Store>,
         fanout: Fanout,
+        metrics: Arc<Metrics>,
     ) -> Result<Self> {
         Ok(Mailbox {
-            imap: Imap::new(config)?,
+            imap: Imap::new(config, metrics)?,
             router,
             store,
             fanout,
@@ -111,10 +114,13 @@ impl Mailbox {
     pub async fn run(&self, stop: CancellationToken) -> Result<()> {
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         while !stop.is_cancelled() {
-            match self.session(&stop, &mut backoff).await {
+            let result = self.session(&stop, &mut backoff).await;
+            self.imap.metrics.imap_session(false);
+            match result {
                 Ok(()) => break,
                 Err(SessionError::Fatal(error)) => return Err(error),
                 Err(SessionError::Imap(error)) => {
+                    self.imap.metrics.imap_reconnect();
                     let delay = backoff.next();
                     warn!(
                         server = %self.imap.config.host,
@@ -142,6 +148,7 @@ impl Mailbox {
         let mut session = self.imap.connect().await?;
         let selected = self.imap.select(&mut session).await?;
         backoff.reset();
+        self.imap.metrics.imap_session(true);
         let has_idle = self
             .imap
             .command(session.capabilities())
@@ -317,6 +324,7 @@ impl Mailbox {
                 continue; // below the cursor (`n:*` semantics) or an unsolicited FETCH
             };
             crate::crashpoint::hit("after-fetch");
+            self.imap.metrics.messages_fetched(1);
             let raw = item.body().unwrap_or_default();
             let truncated = item.size.is_some_and(|size| size > max);
             let decision = self.router.decide(raw, truncated);
@@ -376,6 +384,11 @@ impl Mailbox {
             })?;
         for (uid, _, decision) in chunk.iter() {
             let alert = &decision.alert;
+            if !decision.dropped {
+                self.imap
+                    .metrics
+                    .alert(alert.kind.as_str(), alert.rule.as_deref());
+            }
             if decision.dropped {
                 debug!(
                     uid,
@@ -383,6 +396,7 @@ impl Mailbox {
                     "Alert dropped by rule."
                 );
             } else if decision.sinks.is_empty() {
+                self.imap.metrics.unrouted();
                 warn!(uid, kind = %alert.kind, title = %alert.title, "Alert matched no rule with sinks and [defaults] sinks is empty; not delivered.");
             } else {
                 info!(uid, kind = %alert.kind, rule = alert.rule.as_deref().unwrap_or("-"), sinks = %decision.sinks.join(","), "Alert queued.");
@@ -491,7 +505,11 @@ impl Mailbox {
             drop(interrupt);
             (response, stopped)
         };
-        match response.context("IDLE failed")? {
+        let response = response.context("IDLE failed")?;
+        if !matches!(response, IdleResponse::Timeout) {
+            self.imap.metrics.server_contact();
+        }
+        match response {
             IdleResponse::NewData(data) => debug!(response = ?data.parsed(), "IDLE woke up."),
             IdleResponse::Timeout => {
                 debug!(silence = ?self.imap.config.idle_keepalive, "IDLE heard nothing; checking the connection with DONE.")
@@ -508,14 +526,18 @@ impl Mailbox {
 }
 
 impl Imap {
-    fn new(config: ImapConfig) -> Result<Self> {
+    fn new(config: ImapConfig, metrics: Arc<Metrics>) -> Result<Self> {
         let tls = match *config.tls.get_ref() {
             TlsMode::None => None,
             TlsMode::Implicit | TlsMode::Starttls => {
                 Some(crate::tls::client_config(config.ca_file.as_deref())?)
             }
         };
-        Ok(Imap { config, tls })
+        Ok(Imap {
+            config,
+            tls,
+            metrics,
+        })
     }
 
     /// Connects, secures and logs in.
@@ -658,7 +680,10 @@ impl Imap {
         command: impl std::future::Future<Output = async_imap::error::Result<T>>,
     ) -> Result<T, SessionError> {
         match timeout(self.config.timeout, command).await {
-            Ok(Ok(value)) => Ok(value),
+            Ok(Ok(value)) => {
+                self.metrics.server_contact();
+                Ok(value)
+            }
             Ok(Err(error)) => Err(anyhow::Error::new(error).into()),
             Err(_) => Err(anyhow!("IMAP command timed out after {:?}", self.config.timeout).into()),
         }
@@ -675,7 +700,10 @@ impl Imap {
         match timeout(self.config.timeout, stream.next()).await {
             Err(_) => Err(anyhow!("FETCH timed out after {:?}", self.config.timeout).into()),
             Ok(None) => Ok(None),
-            Ok(Some(Ok(fetch))) => Ok(Some(fetch)),
+            Ok(Some(Ok(fetch))) => {
+                self.metrics.server_contact();
+                Ok(Some(fetch))
+            }
             Ok(Some(Err(error))) => Err(anyhow::Error::new(error).context("FETCH failed").into()),
         }
     }

@@ -66,9 +66,6 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// seconds; a store slower than this is not ready anyway.
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A name no IMAP mailbox can have (IMAP forbids NUL), used by the interim writability probe.
-const PROBE_MAILBOX: &str = "\0herald-readyz-probe";
-
 /// What the endpoint needs from the store; implemented for [`Store`], and by fakes in tests.
 pub trait StoreProbe: Send + Sync + 'static {
     /// Fails unless the store can take a write transaction now.
@@ -79,11 +76,7 @@ pub trait StoreProbe: Send + Sync + 'static {
 
 impl StoreProbe for Store {
     fn probe_writable(&self) -> Result<()> {
-        // Interim, until `Store` has a `check_writable` (`BEGIN IMMEDIATE; ROLLBACK`): a
-        // DELETE takes SQLite's write lock even when it matches nothing, so it fails on a
-        // read-only or locked database, and with a mailbox name that cannot exist it
-        // changes nothing.
-        self.clear_marks(PROBE_MAILBOX, 0, &[])
+        self.check_writable()
             .context("the state database is not writable")
     }
 

@@ -594,6 +594,13 @@ impl Store {
         Ok(removed)
     }
 
+    /// Fails unless the database can be written now: takes the write lock and lets it go.
+    pub fn check_writable(&self) -> Result<()> {
+        let conn = self.conn();
+        conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+            .context("the state database is not writable")
+    }
+
     /// Row counts by sink and state, for `herald check` and tests.
     pub fn counts(&self) -> Result<Vec<(String, String, u64)>> {
         let conn = self.conn();

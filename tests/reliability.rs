@@ -201,7 +201,7 @@ async fn random_kills_during_a_stream_lose_nothing() {
 
 #[tokio::test]
 async fn a_recreated_mailbox_alerts_only_on_new_mail() {
-    let mut env = Env::new(Receiver::start().await.expect("receiver")).await;
+    let env = Env::new(Receiver::start().await.expect("receiver")).await;
     env.dovecot.create_mailbox("Alerts").await.expect("create");
     let config = env.config(
         Imap::plain(&env.dovecot).with("mailbox = \"Alerts\""),
@@ -479,4 +479,79 @@ async fn a_fetch_cut_half_way_or_reset_is_retried_on_a_new_connection() {
         let counts = wait_delivered(&env.receiver, &[title.clone()], Some(&herald)).await;
         assert_eq!(counts[&title], 1, "{fault:?}");
     }
+}
+
+#[tokio::test]
+async fn readyz_follows_the_imap_session_and_metrics_count() {
+    let mut env = Env::new(Receiver::start().await.expect("receiver")).await;
+    let port = herald_testkit::free_port();
+    let path = env.config(Imap::plain(&env.dovecot).with("timeout = \"3s\""), "");
+    let text = std::fs::read_to_string(&path).expect("config").replace(
+        "[defaults]",
+        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n\n[defaults]"),
+    );
+    std::fs::write(&path, text).expect("config");
+    let herald = start_herald(&path).await;
+    let client = reqwest::Client::new();
+    let get = |what: &'static str| {
+        let client = client.clone();
+        async move {
+            let response = client
+                .get(format!("http://127.0.0.1:{port}/{what}"))
+                .send()
+                .await
+                .expect("request");
+            (
+                response.status().as_u16(),
+                response.text().await.expect("body"),
+            )
+        }
+    };
+    let wait_status = |what: &'static str, want: u16| {
+        let get = get;
+        async move {
+            let deadline = tokio::time::Instant::now() + DEADLINE;
+            loop {
+                let (status, body) = get(what).await;
+                if status == want {
+                    return body;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "/{what} stayed {status}: {body}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(get("healthz").await.0, 200);
+    wait_status("readyz", 200).await;
+
+    env.dovecot
+        .append("INBOX", &plain_mail("counted", "x\n"))
+        .await
+        .expect("append");
+    wait_delivered(&env.receiver, &["counted".to_string()], Some(&herald)).await;
+    let metrics = wait_status("metrics", 200).await;
+    assert!(
+        metrics.contains("herald_deliveries_total{sink=\"hook\",outcome=\"delivered\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("herald_alerts_total{kind=\"other\",rule=\"\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("herald_imap_session_up 1"), "{metrics}");
+
+    env.dovecot.stop().await.expect("stop");
+    let body = wait_status("readyz", 503).await;
+    assert!(body.contains("IMAP"), "{body}");
+    assert_eq!(get("healthz").await.0, 200);
+    env.dovecot.restart().await.expect("start again");
+    wait_status("readyz", 200).await;
+    let metrics = get("metrics").await.1;
+    assert!(
+        !metrics.contains("herald_imap_reconnects_total 0"),
+        "{metrics}"
+    );
 }
