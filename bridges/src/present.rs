@@ -30,7 +30,13 @@ pub fn fields(alert: &Alert) -> Vec<(&'static str, String)> {
     if let Some(rule) = &alert.rule {
         fields.push(("Rule", rule.clone()));
     }
+    // On one line, and none left empty: a value of nothing but control characters (hostile
+    // mail) would otherwise become an empty field, which Discord and Slack reject.
     fields
+        .into_iter()
+        .map(|(name, value)| (name, crate::text::one_line(&value, usize::MAX)))
+        .filter(|(_, value)| !value.is_empty())
+        .collect()
 }
 
 /// `CRITICAL`, `WARNING`, `INFO`.
