@@ -30,4 +30,11 @@ if cargo tree --workspace --edges normal,build --prefix none | grep -Eq '^(opens
     exit 1
 fi
 echo "test: cargo test"
-cargo test --workspace
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run (cargo's own last line is a doc-test run, often empty).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "test: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

@@ -400,6 +400,7 @@ mod tests {
             policy,
             fanout,
             fallback.then(|| "fb".to_string()),
+            Metrics::new(),
         );
         (dir, store, sink, worker)
     }

@@ -476,7 +476,8 @@ async fn a_fetch_cut_half_way_or_reset_is_retried_on_a_new_connection() {
             .wait_accepted(accepted + 1, DEADLINE * 3)
             .await
             .expect("reconnected");
-        let counts = wait_delivered(&env.receiver, &[title.clone()], Some(&herald)).await;
+        let counts =
+            wait_delivered(&env.receiver, std::slice::from_ref(&title), Some(&herald)).await;
         assert_eq!(counts[&title], 1, "{fault:?}");
     }
 }
@@ -507,21 +508,18 @@ async fn readyz_follows_the_imap_session_and_metrics_count() {
             )
         }
     };
-    let wait_status = |what: &'static str, want: u16| {
-        let get = get;
-        async move {
-            let deadline = tokio::time::Instant::now() + DEADLINE;
-            loop {
-                let (status, body) = get(what).await;
-                if status == want {
-                    return body;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "/{what} stayed {status}: {body}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    let wait_status = |what: &'static str, want: u16| async move {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let (status, body) = get(what).await;
+            if status == want {
+                return body;
             }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/{what} stayed {status}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
     assert_eq!(get("healthz").await.0, 200);
