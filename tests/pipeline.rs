@@ -578,3 +578,64 @@ async fn a_failing_sink_does_not_delay_another() {
         .expect("retrying");
     assert!(down.count() >= 1);
 }
+
+#[tokio::test]
+async fn a_cron_failure_reaches_an_irc_channel_and_herald_quits_cleanly() {
+    let env = env(Dovecot::start().await.expect("dovecot")).await;
+    let ircd = herald_testkit::Ngircd::start().await.expect("ngircd");
+    let mut watcher = herald_testkit::IrcClient::connect(ircd.port(), "watcher")
+        .await
+        .expect("client");
+    watcher.join("#ops").await.expect("join");
+    let config = env.config(&Imap::plain(&env.dovecot));
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        "severity = \"critical\"\nsinks = [\"hook\"]",
+        "severity = \"critical\"\nsinks = [\"hook\", \"irc\"]",
+    );
+    let text = format!(
+        "{text}\n[sinks.irc]\ntype = \"irc\"\nserver = \"127.0.0.1\"\nport = {}\ntls = false\nnick = \"herald\"\nchannels = [\"#ops\"]\n",
+        ircd.port()
+    );
+    std::fs::write(&config, text).expect("config");
+    let mut herald = start_herald(&config).await;
+
+    env.dovecot
+        .append(
+            "INBOX",
+            &cron_mail(
+                "web01.example.net",
+                "root",
+                BACKUP,
+                "error: disk full\r\nQUIT :injected\r\n",
+            ),
+        )
+        .await
+        .expect("append");
+    let lines = watcher
+        .messages("herald", "#ops", 1, DEADLINE)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", herald.stderr()));
+    assert!(
+        lines[0].text().contains("cron on web01.example.net"),
+        "{:?}",
+        lines[0]
+    );
+    herald
+        .wait_for_stderr("sink=irc", DEADLINE)
+        .await
+        .expect("delivery logged");
+
+    herald.sigterm().expect("sigterm");
+    assert!(herald.wait_exit(DEADLINE).await.expect("exit").success());
+    let quit = watcher
+        .wait_for(DEADLINE, |l| {
+            l.command == "QUIT" && l.nick() == Some("herald")
+        })
+        .await
+        .expect("herald said QUIT at shutdown");
+    assert!(!quit.text().contains("injected"));
+    assert!(watcher
+        .tail(50)
+        .lines()
+        .all(|l| !l.contains("injected") || l.contains("PRIVMSG")));
+}
