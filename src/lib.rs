@@ -23,4 +23,3 @@ pub mod metrics;
 pub mod route;
 pub mod serve;
 pub mod store;
-pub mod tls;

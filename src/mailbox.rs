@@ -529,9 +529,10 @@ impl Imap {
     fn new(config: ImapConfig, metrics: Arc<Metrics>) -> Result<Self> {
         let tls = match *config.tls.get_ref() {
             TlsMode::None => None,
-            TlsMode::Implicit | TlsMode::Starttls => {
-                Some(crate::tls::client_config(config.ca_file.as_deref())?)
-            }
+            TlsMode::Implicit | TlsMode::Starttls => Some(
+                herald_bridges::tls::client_config(config.ca_file.as_deref())
+                    .map_err(anyhow::Error::msg)?,
+            ),
         };
         Ok(Imap {
             config,

@@ -25,6 +25,7 @@ pub mod slack;
 pub mod sms;
 pub mod template;
 pub mod text;
+pub mod tls;
 pub mod twilio;
 pub mod webhook;
 

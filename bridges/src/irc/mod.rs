@@ -409,7 +409,7 @@ impl Config {
 
     fn settings(&self) -> Result<Settings, SinkError> {
         let tls = if self.tls {
-            Some(transport::client_config(self.ca_file.as_deref()).map_err(SinkError::Client)?)
+            Some(crate::tls::client_config(self.ca_file.as_deref()).map_err(SinkError::Client)?)
         } else {
             None
         };
