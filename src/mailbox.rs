@@ -198,9 +198,16 @@ impl Mailbox {
             .cursor(&self.imap.config.mailbox)
             .map_err(SessionError::Fatal)?;
         match cursor {
-            Some(c) if c.uidvalidity == selected.uidvalidity => {
+            // UIDs only grow: the cursor below UIDNEXT is the normal case.
+            Some(c) if c.uidvalidity == selected.uidvalidity && c.last_uid < selected.uidnext => {
                 return self.process_backlog(session, selected).await
             }
+            Some(c) if c.uidvalidity == selected.uidvalidity => warn!(
+                mailbox = %self.imap.config.mailbox,
+                cursor = c.last_uid,
+                uidnext = selected.uidnext,
+                "UIDNEXT went backwards without a UIDVALIDITY change (a restored mailbox?); rescanning. Mail already alerted on is recognised and skipped."
+            ),
             Some(c) => warn!(
                 mailbox = %self.imap.config.mailbox,
                 old = c.uidvalidity,
@@ -370,7 +377,7 @@ impl Mailbox {
             .collect();
         let cursor = chunk.iter().map(|(uid, ..)| *uid).max().unwrap_or(0);
         let mark = self.imap.config.processed != Processed::None;
-        let touched = self
+        let (touched, known) = self
             .store
             .commit_batch(
                 &self.imap.config.mailbox,
@@ -384,6 +391,10 @@ impl Mailbox {
             })?;
         for (uid, _, decision) in chunk.iter() {
             let alert = &decision.alert;
+            if known.contains(uid) {
+                info!(uid, title = %alert.title, "Already alerted on (the same message under another UID); skipped.");
+                continue;
+            }
             if !decision.dropped {
                 self.imap
                     .metrics

@@ -44,8 +44,7 @@ CREATE TABLE IF NOT EXISTS alerts (
     message_id  TEXT,
     content_key TEXT,
     created_at  INTEGER NOT NULL,
-    alert       TEXT NOT NULL,
-    UNIQUE (mailbox, uidvalidity, uid)
+    alert       TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS outbox (
     id              INTEGER PRIMARY KEY,
@@ -61,7 +60,9 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (sink, state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS outbox_alert ON outbox (alert_id);
-CREATE INDEX IF NOT EXISTS alerts_content ON alerts (content_key);
+-- What makes a message the same message: UIDs are reused after a restore and renumbered when
+-- a mailbox is recreated, its content key is not.
+CREATE UNIQUE INDEX IF NOT EXISTS alerts_content ON alerts (content_key);
 CREATE TABLE IF NOT EXISTS backlog (
     mailbox     TEXT NOT NULL,
     uidvalidity INTEGER NOT NULL,
@@ -218,7 +219,8 @@ impl Store {
 
     /// Stores a batch in one transaction: each message's alert and outbox rows, a pending
     /// mark for each message when `mark` is set, and the cursor moved to `cursor`. Returns the
-    /// sinks that got new rows.
+    /// sinks that got new rows, and the UIDs whose content key was already stored (mail seen
+    /// before, under other UIDs or by an earlier run), which got none.
     pub fn commit_batch(
         &self,
         mailbox: &str,
@@ -226,17 +228,17 @@ impl Store {
         batch: &[Processed<'_>],
         cursor: u32,
         mark: bool,
-    ) -> Result<Vec<String>> {
+    ) -> Result<(Vec<String>, Vec<u32>)> {
         let mut conn = self.conn();
+        let mut known = Vec::new();
         let tx = conn.transaction()?;
         let now = now_ms();
         let mut touched: Vec<String> = Vec::new();
         {
             let mut insert_alert = tx.prepare_cached(
                 "INSERT INTO alerts (mailbox, uidvalidity, uid, message_id, content_key, created_at, alert)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7
-                 WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE content_key = ?5)
-                 ON CONFLICT (mailbox, uidvalidity, uid) DO NOTHING",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (content_key) DO NOTHING",
             )?;
             let mut insert_row = tx.prepare_cached(
                 "INSERT INTO outbox (alert_id, sink, target, state, next_attempt_at, created_at, updated_at)
@@ -267,7 +269,7 @@ impl Store {
                     json
                 ])?;
                 if inserted == 0 {
-                    // Already stored, by an earlier run or under an earlier UIDVALIDITY.
+                    known.push(item.uid);
                     continue;
                 }
                 let alert_id = tx.last_insert_rowid();
@@ -288,7 +290,7 @@ impl Store {
             params![mailbox, uidvalidity, cursor],
         )?;
         tx.commit().context("cannot commit to the state database")?;
-        Ok(touched)
+        Ok((touched, known))
     }
 
     /// Records a first start (or a new UIDVALIDITY): the cursor jumps to `last` and `recent`
@@ -505,11 +507,10 @@ impl Store {
             params![id, i64::from(attempted), error, now],
         )?;
         if let Some((alert, destinations)) = notice {
-            // A synthetic message key: the dead row's id is unique.
+            // No content key: a notice is herald's own, never a re-delivered message.
             tx.execute(
                 "INSERT INTO alerts (mailbox, uidvalidity, uid, created_at, alert)
-                 VALUES ('herald:dead-letters', 0, ?1, ?2, ?3)
-                 ON CONFLICT (mailbox, uidvalidity, uid) DO NOTHING",
+                 VALUES ('herald:dead-letters', 0, ?1, ?2, ?3)",
                 params![id, now, serde_json::to_string(alert)?],
             )?;
             let alert_id = tx.last_insert_rowid();
@@ -676,8 +677,9 @@ mod tests {
                 delivery: None,
             },
         ];
-        let touched = store.commit_batch("INBOX", 7, &batch, 4, true).unwrap();
+        let (touched, known) = store.commit_batch("INBOX", 7, &batch, 4, true).unwrap();
         assert_eq!(touched, vec!["a".to_string(), "b".to_string()]);
+        assert!(known.is_empty());
         assert_eq!(
             store.cursor("INBOX").unwrap(),
             Some(Cursor {

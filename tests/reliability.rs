@@ -553,3 +553,86 @@ async fn readyz_follows_the_imap_session_and_metrics_count() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_server_without_idle_is_polled() {
+    let mut env = Env::new(Receiver::start().await.expect("receiver")).await;
+    env.dovecot
+        .set_extra_config("imap_capability = IMAP4rev1 LITERAL+ UIDPLUS MOVE");
+    env.dovecot.restart().await.expect("restart without IDLE");
+    let config = env.config(Imap::plain(&env.dovecot).with("poll_interval = \"1s\""), "");
+    let herald = start_herald(&config).await;
+    herald
+        .wait_for_stderr("Server lacks IDLE, polling.", DEADLINE)
+        .await
+        .expect("polling");
+    env.dovecot
+        .append("INBOX", &plain_mail("polled", "x\n"))
+        .await
+        .expect("append");
+    wait_delivered(&env.receiver, &["polled".to_string()], Some(&herald)).await;
+}
+
+#[tokio::test]
+async fn uidnext_going_backwards_triggers_a_rescan_without_repeats() {
+    let mut env = Env::new(Receiver::start().await.expect("receiver")).await;
+    let config = env.config(Imap::plain(&env.dovecot), "");
+    let mut herald = start_herald(&config).await;
+    for i in 0..2 {
+        env.dovecot
+            .append("INBOX", &plain_mail(&format!("kept {i}"), "x\n"))
+            .await
+            .expect("append");
+    }
+    wait_delivered(
+        &env.receiver,
+        &["kept 0".to_string(), "kept 1".to_string()],
+        Some(&herald),
+    )
+    .await;
+    // Take a copy of the mailbox as it is now (a backup).
+    herald.sigterm().expect("sigterm");
+    herald.wait_exit(DEADLINE).await.expect("exit");
+    env.dovecot.stop().await.expect("stop");
+    let mail = env.dovecot.dir().join("mail");
+    let backup = env.dir.path().join("backup");
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .status()
+            .expect("cp");
+        assert!(status.success());
+    };
+    copy(&mail, &backup);
+    env.dovecot.restart().await.expect("start");
+    let herald_again = start_herald(&config).await;
+    for i in 0..3 {
+        env.dovecot
+            .append("INBOX", &plain_mail(&format!("lost in restore {i}"), "x\n"))
+            .await
+            .expect("append");
+    }
+    let lost: Vec<String> = (0..3).map(|i| format!("lost in restore {i}")).collect();
+    wait_delivered(&env.receiver, &lost, Some(&herald_again)).await;
+    drop(herald_again);
+
+    // Restore the backup: same UIDVALIDITY, but UIDNEXT is back below herald's cursor.
+    env.dovecot.stop().await.expect("stop");
+    std::fs::remove_dir_all(&mail).expect("remove");
+    copy(&backup, &mail);
+    env.dovecot.restart().await.expect("start");
+    let herald = start_herald(&config).await;
+    herald
+        .wait_for_stderr("UIDNEXT went backwards", DEADLINE)
+        .await
+        .expect("rescan");
+    env.dovecot
+        .append("INBOX", &plain_mail("after restore", "x\n"))
+        .await
+        .expect("append");
+    let counts = wait_delivered(&env.receiver, &["after restore".to_string()], Some(&herald)).await;
+    assert!(counts.values().all(|&n| n == 1), "repeated: {counts:?}");
+    assert_eq!(counts.len(), 6, "{counts:?}");
+}

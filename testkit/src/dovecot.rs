@@ -79,6 +79,8 @@ pub struct Dovecot {
     /// The instance's process group (the master's pid), kept apart from `child` so that
     /// children are still cleaned up after the master died on its own.
     pgid: Option<u32>,
+    /// Settings appended to the configuration (see [`Dovecot::set_extra_config`]).
+    extra: String,
 }
 
 /// Why one start attempt did not succeed.
@@ -157,6 +159,7 @@ impl Dovecot {
             token,
             child: None,
             pgid: None,
+            extra: String::new(),
         })
     }
 
@@ -425,11 +428,19 @@ service imap-login {{
 service anvil {{
   chroot =
 }}
+{extra}
 ",
+            extra = self.extra,
             token = self.token,
             port = self.port,
             tls_port = self.tls_port.unwrap_or(0),
         )
+    }
+
+    /// Settings appended to the configuration from the next [`Dovecot::restart`] on, e.g.
+    /// `imap_capability = IMAP4rev1 UIDPLUS` for a server that does not offer IDLE.
+    pub fn set_extra_config(&mut self, text: &str) {
+        self.extra = text.to_owned();
     }
 
     /// Startup output and the log, for error messages.
