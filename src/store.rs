@@ -691,10 +691,11 @@ mod tests {
         assert_eq!(store.claim("a", now_ms(), 10).unwrap().len(), 1);
 
         // Re-processing the same UID (a crash before the marks reached the server) adds nothing.
-        let touched = store
+        let (touched, known) = store
             .commit_batch("INBOX", 7, &batch[..1], 4, true)
             .unwrap();
         assert!(touched.is_empty());
+        assert_eq!(known, vec![3]);
         assert_eq!(store.claim("b", now_ms(), 10).unwrap().len(), 1);
         assert!(
             store.claim("b", now_ms(), 10).unwrap().is_empty(),
