@@ -402,7 +402,12 @@ async fn outbox_lists_retries_and_drops_dead_deliveries() {
             "{}",
             out.stderr()
         );
-        if out.stdout().contains("2 undelivered") || tokio::time::Instant::now() > deadline {
+        let dead = out
+            .stdout()
+            .lines()
+            .filter(|l| l.contains(" dead "))
+            .count();
+        if dead == 2 || tokio::time::Instant::now() > deadline {
             break out.stdout();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -410,7 +415,7 @@ async fn outbox_lists_retries_and_drops_dead_deliveries() {
     assert!(list.contains("2 undelivered"), "{list}");
     let ids: Vec<String> = list
         .lines()
-        .filter(|l| l.contains("dead"))
+        .filter(|l| l.contains(" dead "))
         .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
         .collect();
     assert_eq!(ids.len(), 2, "{list}");
