@@ -164,7 +164,7 @@ impl Mailbox {
             if stop.is_cancelled() {
                 break;
             }
-            if drain_for_new_mail(&session) {
+            if drain_for_new_mail(&session.unsolicited_responses) {
                 continue;
             }
             session = if has_idle {
@@ -491,8 +491,16 @@ impl Mailbox {
         session: Session,
         stop: &CancellationToken,
     ) -> Result<Option<Session>, SessionError> {
+        // async-imap's `init` files whatever arrives before the `+` continuation (an EXISTS
+        // sent right after the last command's completion) in the unsolicited queue, where the
+        // IDLE wait never looks: check it once IDLE has begun, and leave at once if mail came.
+        let queue = session.unsolicited_responses.clone();
         let mut handle = session.idle();
         self.imap.command(handle.init()).await?;
+        if drain_for_new_mail(&queue) {
+            debug!("New mail announced as IDLE began; fetching.");
+            return self.imap.command(handle.done()).await.map(Some);
+        }
         let refresh_at = Instant::now() + self.imap.config.idle_refresh;
         let (response, stopped) = {
             let (wait, interrupt) = handle.wait_with_timeout(self.imap.config.idle_keepalive);
@@ -723,9 +731,9 @@ impl Imap {
 
 /// Empties the unsolicited-response queue; true if the server announced new mail that the
 /// last fetch may not have seen.
-fn drain_for_new_mail(session: &Session) -> bool {
+fn drain_for_new_mail(queue: &async_channel::Receiver<UnsolicitedResponse>) -> bool {
     let mut new_mail = false;
-    while let Ok(response) = session.unsolicited_responses.try_recv() {
+    while let Ok(response) = queue.try_recv() {
         if matches!(
             response,
             UnsolicitedResponse::Exists(_) | UnsolicitedResponse::Recent(_)
