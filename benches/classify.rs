@@ -5,7 +5,7 @@
 //! `parse+classify+rules` rows route every message through the 20 typical rules of
 //! `herald::route::typical_config_toml()`. `cargo bench --bench classify`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -15,22 +15,9 @@ use herald::route::Router;
 use herald_bridges::Alert;
 
 fn corpus() -> Vec<Vec<u8>> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|e| e == "eml") {
-                out.push(path);
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus"),
-        &mut files,
-    );
-    files.sort();
+    let files =
+        herald_testkit::eml_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus"))
+            .expect("corpus");
     files.iter().map(|f| std::fs::read(f).unwrap()).collect()
 }
 

@@ -5,7 +5,7 @@
 //! splice bytes, cut the message short, and swap line endings. `PROPTEST_CASES` raises the
 //! number of cases (default 256 per property).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::LazyLock;
 
 use herald::classify::{classify, parse};
@@ -13,22 +13,9 @@ use herald_bridges::Kind;
 use proptest::prelude::*;
 
 static SEEDS: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|e| e == "eml") {
-                out.push(path);
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus"),
-        &mut files,
-    );
-    files.sort();
+    let files =
+        herald_testkit::eml_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus"))
+            .expect("corpus");
     let seeds: Vec<Vec<u8>> = files
         .iter()
         .map(|f| std::fs::read(f).unwrap())

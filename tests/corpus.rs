@@ -16,21 +16,6 @@ fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus")
 }
 
-fn eml_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    entries.sort();
-    for path in entries {
-        if path.is_dir() {
-            eml_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "eml") {
-            out.push(path);
-        }
-    }
-}
-
 /// `raw` with every line ending made LF.
 fn to_lf(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len());
@@ -63,8 +48,7 @@ fn render(raw: &[u8], truncated: bool) -> serde_json::Value {
 
 #[test]
 fn golden_corpus() {
-    let mut files = Vec::new();
-    eml_files(&corpus_dir(), &mut files);
+    let files = herald_testkit::eml_files(&corpus_dir()).expect("corpus");
     assert!(!files.is_empty(), "the corpus is empty");
     let bless = std::env::var_os("HERALD_BLESS").is_some();
     let mut failures = Vec::new();

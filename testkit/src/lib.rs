@@ -30,7 +30,7 @@ mod tls;
 pub use dovecot::{Dovecot, PASSWORD, USER};
 pub use http::{Received, Receiver, Reply};
 pub use imap::{RawImap, Selected, COMMAND_TIMEOUT};
-pub use mail::{cron_mail, plain_mail};
+pub use mail::{cron_mail, eml_files, plain_mail};
 pub use ngircd::{is_message_from, IrcClient, IrcLine, Ngircd, NgircdOptions};
 pub use process::{process_group_members, HeraldProcess};
 pub use proxy::{Fault, FaultProxy};

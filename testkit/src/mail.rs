@@ -8,6 +8,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Distinguishes messages generated in the same nanosecond by the same process.
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Every `.eml` file under `dir`, recursively, in a stable (sorted) order: the golden corpus
+/// for the corpus test, the property tests' seeds and the classification benchmark.
+pub fn eml_files(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    use anyhow::Context as _;
+    let mut entries = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<Vec<_>>>()
+        .with_context(|| format!("reading {}", dir.display()))?;
+    entries.sort();
+    let mut files = Vec::new();
+    for path in entries {
+        if path.is_dir() {
+            files.extend(eml_files(&path)?);
+        } else if path.extension().is_some_and(|e| e == "eml") {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
 /// A Debian cron mail for job `command` run as `user` on `host` (a FQDN; the subject
 /// uses its first label, as cron does), with `body` as the job's output.
 pub fn cron_mail(host: &str, user: &str, command: &str, body: &str) -> Vec<u8> {
