@@ -20,7 +20,16 @@ dir="$(mktemp -d /tmp/herald-demo.XXXXXX)"
 chmod 0755 "$dir"
 mkdir -p "$dir/mail" "$dir/run" "$dir/state"
 chown nobody:nogroup "$dir/mail"
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+# A free loopback port: a random one nothing answers on.
+port=""
+for _ in $(seq 50); do
+    candidate=$((20000 + RANDOM % 40000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then
+        port=$candidate
+        break
+    fi
+done
+[ -n "$port" ] || { echo "demo: no free port found" >&2; exit 1; }
 
 dovecot_pid=""
 herald_pid=""

