@@ -105,17 +105,37 @@ impl Config {
 
 /// The `dedup_key` for an alert: its own key when it fits, else a 190-character prefix, `#`
 /// and the SHA-256 of the whole key in hex (190 + 1 + 64 = 255).
+///
+/// Never empty: PagerDuty rejects a `resolve` without a key \[PD-TRIG\], and a trigger
+/// without one could never be resolved. A blank key (a `dedup_key` template that rendered
+/// nothing) becomes `herald:` and a digest of what names the problem (kind, host, user,
+/// command), so a failure and its recovery still meet.
 pub fn dedup_key(alert: &Alert) -> String {
     let key = &alert.dedup_key;
+    if key.trim().is_empty() {
+        let mut hash = Sha256::new();
+        for part in [
+            Some(alert.kind.as_str()),
+            alert.host.as_deref(),
+            alert.user.as_deref(),
+            alert.command.as_deref(),
+        ] {
+            // A length prefix keeps ("ab", "c") and ("a", "bc") apart.
+            let part = part.unwrap_or_default();
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part.as_bytes());
+        }
+        return format!("herald:{}", hex(&hash.finalize()));
+    }
     if key.chars().count() <= DEDUP_KEY_CHARS {
         return key.clone();
     }
-    let digest: String = Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
     let prefix: String = key.chars().take(DEDUP_KEY_CHARS - 65).collect();
-    format!("{prefix}#{digest}")
+    format!("{prefix}#{}", hex(&Sha256::digest(key.as_bytes())))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn severity(severity: Severity) -> &'static str {
@@ -304,6 +324,21 @@ mod tests {
         let mut b = a.clone();
         b.dedup_key.push('x');
         assert_ne!(dedup_key(&b), k, "the digest covers the whole key");
+    }
+
+    #[test]
+    fn blank_key_becomes_a_stable_nonempty_key() {
+        let mut a = Alert::sample();
+        a.dedup_key = " \t".into();
+        let k = dedup_key(&a);
+        assert!(k.starts_with("herald:") && k.chars().count() <= DEDUP_KEY_CHARS, "{k}");
+        let mut recovery = a.clone();
+        recovery.resolve = true;
+        recovery.dedup_key = String::new();
+        assert_eq!(payload(&recovery, "KEY", None)["dedup_key"], json!(k));
+        let mut other = a.clone();
+        other.host = Some("web02.example.net".into());
+        assert_ne!(dedup_key(&other), k, "another host is another problem");
     }
 
     #[test]
