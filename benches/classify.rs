@@ -59,7 +59,7 @@ fn bench(c: &mut Criterion) {
             |b, set| {
                 b.iter(|| {
                     for raw in set.iter() {
-                        std::hint::black_box(router.decide(std::hint::black_box(raw), false));
+                        std::hint::black_box(router.decide(std::hint::black_box(raw), false, None));
                     }
                 })
             },

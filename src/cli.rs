@@ -10,7 +10,9 @@ use clap::{Parser, Subcommand};
 use serde_json::{json, Map, Value};
 
 use crate::config::{self, Config, ConfigError};
+use crate::error::chain;
 use crate::route::{Decision, Router};
+use crate::store::{self, Access, RowState};
 
 /// herald: turns a mailbox of Unix system mail into alerts.
 #[derive(Debug, Parser)]
@@ -99,8 +101,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
-        Command::Run(arg) => load(&arg)
-            .map(|config| runtime().and_then(|rt| rt.block_on(crate::daemon::run(config)))),
+        Command::Run(arg) => load(&arg).map(|config| {
+            runtime().and_then(|rt| {
+                rt.block_on(crate::daemon::run(config, crate::daemon::shutdown_signal()))
+            })
+        }),
         Command::Check { config, connect } => load(&config).map(|config| check(&config, connect)),
         Command::Classify {
             config,
@@ -144,7 +149,7 @@ pub fn main() -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
         Ok(Err(error)) => {
-            tracing::error!(error = %format!("{error:#}"), "herald failed.");
+            tracing::error!(error = %chain(error.as_ref()), "herald failed.");
             ExitCode::from(EXIT_FAILURE)
         }
         Ok(Ok(())) => ExitCode::SUCCESS,
@@ -198,11 +203,21 @@ fn check(config: &Config, connect: bool) -> Result<()> {
     );
     if connect {
         let rt = runtime()?;
-        rt.block_on(crate::mailbox::probe(&config.imap))?;
-        println!(
-            "{}: logged in, mailbox {:?} selected",
-            config.imap.host, config.imap.mailbox
-        );
+        for account in &config.accounts {
+            rt.block_on(crate::source::imap::probe(account))?;
+            let folders: Vec<String> = account.folders.iter().map(|f| format!("{f:?}")).collect();
+            let account_name = if account.name == config::DEFAULT_ACCOUNT {
+                String::new()
+            } else {
+                format!(" (account {})", account.name)
+            };
+            println!(
+                "{}{account_name}: logged in, mailbox{} {} selected",
+                account.imap.host,
+                if folders.len() == 1 { "" } else { "es" },
+                folders.join(", ")
+            );
+        }
     }
     Ok(())
 }
@@ -223,9 +238,12 @@ fn classify(config: Option<&Config>, output: Output, files: &[PathBuf]) -> Resul
         || Router::new(Vec::new(), Vec::new()),
         |c| Router::new(c.rules.clone(), c.default_sinks.clone()),
     );
-    let max = config.map_or(config::DEFAULT_MAX_MESSAGE_BYTES, |c| {
-        c.imap.max_message_bytes
-    });
+    // A file is judged as the first account would fetch it.
+    let max = config
+        .and_then(|c| c.accounts.first())
+        .map_or(config::DEFAULT_MAX_MESSAGE_BYTES, |a| {
+            a.imap.max_message_bytes
+        });
     let max = usize::try_from(max).unwrap_or(usize::MAX);
     let mut out = std::io::stdout().lock();
     let mut failures = 0;
@@ -239,7 +257,7 @@ fn classify(config: Option<&Config>, output: Output, files: &[PathBuf]) -> Resul
             }
         };
         let truncated = raw.len() > max;
-        let (decision, trace) = router.explain(raw.get(..max).unwrap_or(&raw), truncated);
+        let (decision, trace) = router.explain(raw.get(..max).unwrap_or(&raw), truncated, None);
         if output.json {
             let mut object = classify_json(file, &decision);
             if output.explain {
@@ -276,58 +294,67 @@ fn payloads(config: &Config, decision: &Decision) -> Value {
 }
 
 fn outbox(config: &Config, action: &OutboxAction) -> Result<()> {
-    let store = crate::store::Store::open(&config.state.path)?;
-    match action {
-        OutboxAction::List => {
-            let rows = store.unsent()?;
-            let now = crate::store::now_ms();
-            let age = |ms: i64| {
-                humantime::format_duration(std::time::Duration::from_secs(
-                    u64::try_from((now - ms) / 1000).unwrap_or(0),
-                ))
-                .to_string()
-            };
-            println!(
-                "{:>6}  {:<8}  {:<16}  {:>8}  {:>10}  {:<24}  ERROR",
-                "ID", "STATE", "SINK", "ATTEMPTS", "AGE", "TITLE"
-            );
-            for row in &rows {
-                let sink = if row.target.is_empty() {
-                    row.sink.clone()
-                } else {
-                    format!("{}:{}", row.sink, row.target)
+    // Listing only reads; retry and drop write beside a running daemon. Neither creates the
+    // state or resets the rows a running daemon is delivering.
+    let access = match action {
+        OutboxAction::List => Access::ReadOnly,
+        OutboxAction::Retry { .. } | OutboxAction::Drop { .. } => Access::Admin,
+    };
+    runtime()?.block_on(async {
+        let store = store::open(config.state.path.clone(), access).await?;
+        match action {
+            OutboxAction::List => {
+                let rows = store.unsent().await?;
+                let now = store::now_ms();
+                let age = |ms: i64| {
+                    humantime::format_duration(std::time::Duration::from_secs(
+                        u64::try_from((now - ms) / 1000).unwrap_or(0),
+                    ))
+                    .to_string()
                 };
                 println!(
-                    "{:>6}  {:<8}  {:<16}  {:>8}  {:>10}  {:<24}  {}",
-                    row.id,
-                    row.state,
-                    herald_bridges::text::truncate(&sink, 16),
-                    row.attempts,
-                    age(row.created_at),
-                    herald_bridges::text::one_line(&row.title, 24),
-                    herald_bridges::text::one_line(row.last_error.as_deref().unwrap_or(""), 80),
+                    "{:>6}  {:<8}  {:<16}  {:>8}  {:>10}  {:<24}  ERROR",
+                    "ID", "STATE", "SINK", "ATTEMPTS", "AGE", "TITLE"
                 );
+                for row in &rows {
+                    let sink = if row.target.is_empty() {
+                        row.sink.clone()
+                    } else {
+                        format!("{}:{}", row.sink, row.target)
+                    };
+                    println!(
+                        "{:>6}  {:<8}  {:<16}  {:>8}  {:>10}  {:<24}  {}",
+                        row.id,
+                        row.state,
+                        herald_bridges::text::truncate(&sink, 16),
+                        row.attempts,
+                        age(row.created_at),
+                        herald_bridges::text::one_line(&row.title, 24),
+                        herald_bridges::text::one_line(row.last_error.as_deref().unwrap_or(""), 80),
+                    );
+                }
+                let dead = rows.iter().filter(|r| r.state == RowState::Dead).count();
+                println!("{} undelivered ({dead} dead)", rows.len());
+                Ok(())
             }
-            println!("{} undelivered", rows.len());
-            Ok(())
+            OutboxAction::Retry { id } => {
+                anyhow::ensure!(
+                    store.retry_now(*id).await?,
+                    "no pending or dead delivery with id {id}"
+                );
+                println!("{id}: queued for an attempt now");
+                Ok(())
+            }
+            OutboxAction::Drop { id } => {
+                anyhow::ensure!(
+                    store.drop_row(*id).await?,
+                    "no pending or dead delivery with id {id}"
+                );
+                println!("{id}: dropped");
+                Ok(())
+            }
         }
-        OutboxAction::Retry { id } => {
-            anyhow::ensure!(
-                store.retry_now(*id)?,
-                "no pending or dead delivery with id {id}"
-            );
-            println!("{id}: queued for an attempt now");
-            Ok(())
-        }
-        OutboxAction::Drop { id } => {
-            anyhow::ensure!(
-                store.drop_row(*id)?,
-                "no pending or dead delivery with id {id}"
-            );
-            println!("{id}: dropped");
-            Ok(())
-        }
-    }
+    })
 }
 
 /// Sends a sample alert through one sink.

@@ -14,7 +14,6 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -26,6 +25,8 @@ use serde::de::{Deserialize, Deserializer, Error as _};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+pub use crate::error::ConfigError;
+use crate::error::Locate;
 use crate::route::{RawRule, Rule};
 
 /// The secret keys that may be given as a `*_file` twin instead, across all tables.
@@ -40,34 +41,6 @@ const SECRET_KEYS: &[&str] = &[
     "sasl_password",
     "secret",
 ];
-
-/// A configuration that cannot be used, with where and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The file.
-    pub file: PathBuf,
-    /// 1-based line and column of the offending key or value, when known.
-    pub position: Option<(usize, usize)>,
-    /// The dotted key, e.g. `imap.password` or `rules[2].sinks`, when known.
-    pub key: Option<String>,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some((line, column)) = self.position {
-            write!(f, ":{line}:{column}")?;
-        }
-        if let Some(key) = &self.key {
-            write!(f, ": {key}")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// How the IMAP connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -128,10 +101,12 @@ fn is_atom(s: &str) -> bool {
         })
 }
 
-/// `[imap]`: the mailbox herald watches.
+/// An `[imap]` table (or one `[[imap]]` entry): one account on one server.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImapConfig {
+    /// The account's name: required with several accounts; the alerts' `account`.
+    name: Option<Spanned<String>>,
     /// Server host name or address.
     pub host: String,
     /// Port; default 993 for `tls = "implicit"`, 143 otherwise.
@@ -148,9 +123,10 @@ pub struct ImapConfig {
     pub username: String,
     /// Login password (or `password_file`).
     pub password: Secret,
-    /// The mailbox to watch.
-    #[serde(default = "default_mailbox")]
-    pub mailbox: String,
+    /// The one folder to watch (0.1's key; `mailboxes` names several).
+    mailbox: Option<Spanned<String>>,
+    /// The folders to watch, one IDLE session each.
+    mailboxes: Option<Spanned<Vec<Spanned<String>>>>,
     /// What to do to a message once processed.
     #[serde(default = "default_processed")]
     pub processed: Processed,
@@ -191,9 +167,6 @@ pub struct ImapConfig {
 fn default_tls() -> Spanned<TlsMode> {
     Spanned::new(0..0, TlsMode::Implicit)
 }
-fn default_mailbox() -> String {
-    "INBOX".into()
-}
 fn default_processed() -> Processed {
     Processed::Seen
 }
@@ -224,6 +197,23 @@ fn default_idle_keepalive() -> Duration {
 fn default_timeout() -> Duration {
     Duration::from_secs(60)
 }
+
+/// One IMAP account, validated: its name, the folders watched in it, and how to reach it.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// `name`, or [`DEFAULT_ACCOUNT`] for a lone `[imap]` without one.
+    pub name: String,
+    /// The folders to watch (at least one, each once).
+    pub folders: Vec<String>,
+    /// The connection and session settings.
+    pub imap: ImapConfig,
+}
+
+/// The name of a lone `[imap]` account that gives none (and of herald 0.1's one account).
+pub const DEFAULT_ACCOUNT: &str = "default";
+
+/// The folder watched when `[imap]` names none.
+const DEFAULT_FOLDER: &str = "INBOX";
 
 impl ImapConfig {
     /// The port to connect to.
@@ -327,7 +317,6 @@ const POLICY_KEYS: [&str; 3] = ["retry_min", "retry_max", "max_age"];
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    imap: ImapConfig,
     #[serde(default)]
     state: StateConfig,
     #[serde(default)]
@@ -343,8 +332,8 @@ struct RawConfig {
 pub struct Config {
     /// The file it came from.
     pub path: PathBuf,
-    /// `[imap]`.
-    pub imap: ImapConfig,
+    /// `[imap]`, or each `[[imap]]`: the accounts, in order, each name once.
+    pub accounts: Vec<Account>,
     /// `[state]`.
     pub state: StateConfig,
     /// `[server]`.
@@ -399,6 +388,7 @@ impl Config {
         let mut doc = DeTable::parse(text).map_err(|e| ctx.toml_error(&e))?;
         substitute_table(&ctx, doc.get_mut(), "", env)?;
 
+        let imap = ctx.accounts(doc.get_mut().remove("imap"))?;
         let sinks_value = doc.get_mut().remove("sinks");
         let mut sinks = BTreeMap::new();
         let mut delivery = BTreeMap::new();
@@ -418,7 +408,7 @@ impl Config {
 
         let raw = RawConfig::deserialize(toml::de::Deserializer::from(doc))
             .map_err(|e| ctx.toml_error(&e))?;
-        ctx.validate(raw, sinks, delivery)
+        ctx.validate(raw, imap, sinks, delivery)
     }
 }
 
@@ -448,6 +438,139 @@ impl Context<'_> {
             key,
             message: error.message().trim().to_owned(),
         }
+    }
+
+    /// Reads `[imap]` (one account) or `[[imap]]` (several), with each key's location.
+    fn accounts(&self, value: Option<Spanned<DeValue<'_>>>) -> Result<Vec<Account>, ConfigError> {
+        let Some(value) = value else {
+            return Err(ConfigError {
+                file: self.path.to_owned(),
+                position: None,
+                key: Some("imap".into()),
+                message: "missing: herald needs an [imap] table (or [[imap]] accounts)".into(),
+            });
+        };
+        let span = value.span();
+        let tables: Vec<(String, Spanned<DeTable<'_>>)> = match value.into_inner() {
+            DeValue::Table(table) => vec![("imap".into(), Spanned::new(span.clone(), table))],
+            DeValue::Array(items) => {
+                let mut tables = Vec::with_capacity(items.len());
+                for (i, item) in items.into_iter().enumerate() {
+                    let key = format!("imap[{i}]");
+                    let item_span = item.span();
+                    let DeValue::Table(table) = item.into_inner() else {
+                        return Err(self.error(item_span, &key, "must be a table"));
+                    };
+                    tables.push((key, Spanned::new(item_span, table)));
+                }
+                tables
+            }
+            _ => return Err(self.error(span, "imap", "must be a table, or an array of tables")),
+        };
+        if tables.is_empty() {
+            return Err(self.error(span, "imap", "names no account"));
+        }
+        let several = tables.len() > 1;
+        let mut accounts: Vec<Account> = Vec::with_capacity(tables.len());
+        for (key, table) in tables {
+            let table_span = table.span();
+            let imap = ImapConfig::deserialize(toml::de::Deserializer::from(table))
+                .map_err(|e| self.toml_error(&e))?;
+            let name = match &imap.name {
+                Some(name) => {
+                    let valid = !name.get_ref().is_empty()
+                        && !name.get_ref().chars().any(|c| c.is_control() || c == '/');
+                    if !valid {
+                        return Err(self.error(
+                            name.span(),
+                            &format!("{key}.name"),
+                            "must be a non-empty name without `/` or control characters",
+                        ));
+                    }
+                    if accounts.iter().any(|a| a.name == *name.get_ref()) {
+                        return Err(self.error(
+                            name.span(),
+                            &format!("{key}.name"),
+                            format!("account {:?} is defined twice", name.get_ref()),
+                        ));
+                    }
+                    name.get_ref().clone()
+                }
+                None if several => {
+                    return Err(self.error(
+                        table_span,
+                        &key,
+                        "missing key `name`: with several accounts each needs a name (it is the alerts' `account`)",
+                    ))
+                }
+                None => DEFAULT_ACCOUNT.to_owned(),
+            };
+            let folders = self.folders(&key, &imap)?;
+            self.check_tls(&key, &imap)?;
+            accounts.push(Account {
+                name,
+                folders,
+                imap,
+            });
+        }
+        Ok(accounts)
+    }
+
+    /// The folders an account watches: `mailbox`, or `mailboxes`, or INBOX.
+    fn folders(&self, key: &str, imap: &ImapConfig) -> Result<Vec<String>, ConfigError> {
+        let given: Vec<&Spanned<String>> = match (&imap.mailbox, &imap.mailboxes) {
+            (Some(_), Some(list)) => {
+                return Err(self.error(
+                    list.span(),
+                    &format!("{key}.mailboxes"),
+                    "give either `mailbox` or `mailboxes`, not both",
+                ))
+            }
+            (Some(one), None) => vec![one],
+            (None, Some(list)) if list.get_ref().is_empty() => {
+                return Err(self.error(list.span(), &format!("{key}.mailboxes"), "names no folder"))
+            }
+            (None, Some(list)) => list.get_ref().iter().collect(),
+            (None, None) => return Ok(vec![DEFAULT_FOLDER.to_owned()]),
+        };
+        let mut folders: Vec<String> = Vec::with_capacity(given.len());
+        for folder in given {
+            let name = folder.get_ref();
+            let at = |message: String| {
+                let which = if imap.mailbox.is_some() {
+                    "mailbox"
+                } else {
+                    "mailboxes"
+                };
+                self.error(folder.span(), &format!("{key}.{which}"), message)
+            };
+            if name.is_empty() || name.chars().any(char::is_control) {
+                return Err(at(format!(
+                    "invalid folder name {name:?}: empty or with control characters"
+                )));
+            }
+            if folders.contains(name) {
+                return Err(at(format!("folder {name:?} is named twice")));
+            }
+            folders.push(name.clone());
+        }
+        Ok(folders)
+    }
+
+    /// Plaintext IMAP only to loopback, unless the user insists.
+    fn check_tls(&self, key: &str, imap: &ImapConfig) -> Result<(), ConfigError> {
+        if *imap.tls.get_ref() == TlsMode::None && !imap.allow_plaintext && !is_loopback(&imap.host)
+        {
+            return Err(self.error(
+                imap.tls.span(),
+                &format!("{key}.tls"),
+                format!(
+                    "\"none\" sends the password in clear text to {:?}; use \"implicit\" or \"starttls\", or set allow_plaintext = true",
+                    imap.host
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Reads one `[sinks.NAME]` table: herald's delivery keys, then the rest by its `type`.
@@ -535,21 +658,10 @@ impl Context<'_> {
     fn validate(
         &self,
         raw: RawConfig,
+        accounts: Vec<Account>,
         sinks: BTreeMap<String, SinkConfig>,
         delivery: BTreeMap<String, DeliveryPolicy>,
     ) -> Result<Config, ConfigError> {
-        let imap = raw.imap;
-        if *imap.tls.get_ref() == TlsMode::None && !imap.allow_plaintext && !is_loopback(&imap.host)
-        {
-            return Err(self.error(
-                imap.tls.span(),
-                "imap.tls",
-                format!(
-                    "\"none\" sends the password in clear text to {:?}; use \"implicit\" or \"starttls\", or set allow_plaintext = true",
-                    imap.host
-                ),
-            ));
-        }
         let known = |name: &Spanned<String>, key: &str| -> Result<String, ConfigError> {
             if sinks.contains_key(name.get_ref()) {
                 Ok(name.get_ref().clone())
@@ -584,7 +696,7 @@ impl Context<'_> {
         }
         Ok(Config {
             path: self.path.to_owned(),
-            imap,
+            accounts,
             state: raw.state,
             server: raw.server,
             default_sinks,
@@ -594,12 +706,6 @@ impl Context<'_> {
             rules,
         })
     }
-}
-
-/// What a rule's validation needs to report an error at a span.
-pub(crate) trait Locate {
-    /// An error at `span` for `key`.
-    fn at(&self, span: Range<usize>, key: &str, message: String) -> ConfigError;
 }
 
 impl Locate for Context<'_> {
@@ -859,10 +965,13 @@ url = "http://127.0.0.1:9/hook"
     #[test]
     fn minimal_config_with_env() {
         let config = parse(MINIMAL).unwrap();
-        assert_eq!(config.imap.password.expose(), "hunter2");
-        assert_eq!(config.imap.port(), 143);
-        assert_eq!(config.imap.processed, Processed::Seen);
-        assert_eq!(config.imap.idle_refresh, Duration::from_secs(1500));
+        assert_eq!(config.accounts[0].imap.password.expose(), "hunter2");
+        assert_eq!(config.accounts[0].imap.port(), 143);
+        assert_eq!(config.accounts[0].imap.processed, Processed::Seen);
+        assert_eq!(
+            config.accounts[0].imap.idle_refresh,
+            Duration::from_secs(1500)
+        );
     }
 
     #[test]
@@ -918,7 +1027,7 @@ url = "http://127.0.0.1:9/hook"
             &format!("password_file = {:?}", file.display().to_string()),
         );
         let config = parse(&text).unwrap();
-        assert_eq!(config.imap.password.expose(), "s3cret");
+        assert_eq!(config.accounts[0].imap.password.expose(), "s3cret");
         assert!(!format!("{config:?}").contains("s3cret"));
 
         let both = text.replace("password_file", "password = \"x\"\npassword_file");
@@ -984,7 +1093,7 @@ url = "http://127.0.0.1:9/hook"
                 &format!("tls = \"none\"\nprocessed = {text:?}"),
             ))
             .unwrap();
-            assert_eq!(config.imap.processed, expected);
+            assert_eq!(config.accounts[0].imap.processed, expected);
         }
         let error = parse(&MINIMAL.replace(
             "tls = \"none\"",
@@ -992,6 +1101,104 @@ url = "http://127.0.0.1:9/hook"
         ))
         .unwrap_err();
         assert_eq!(error.key.as_deref(), Some("imap.processed"), "{error}");
+    }
+
+    #[test]
+    fn a_0_1_imap_table_is_one_default_account_on_inbox() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.accounts.len(), 1);
+        assert_eq!(config.accounts[0].name, DEFAULT_ACCOUNT);
+        assert_eq!(config.accounts[0].folders, vec!["INBOX"]);
+        let one = parse(&MINIMAL.replace("tls = \"none\"", "tls = \"none\"\nmailbox = \"Cron\""))
+            .unwrap();
+        assert_eq!(one.accounts[0].folders, vec!["Cron"]);
+    }
+
+    const TWO_ACCOUNTS: &str = r#"
+[[imap]]
+name = "hub"
+host = "127.0.0.1"
+tls = "none"
+username = "alerts"
+password = "x"
+mailboxes = ["INBOX", "Cron"]
+
+[[imap]]
+name = "backup-site"
+host = "127.0.0.2"
+tls = "none"
+username = "alerts"
+password = "y"
+
+[sinks.hook]
+type = "webhook"
+url = "http://127.0.0.1:9/hook"
+"#;
+
+    #[test]
+    fn several_accounts_and_folders() {
+        let config = parse(TWO_ACCOUNTS).unwrap();
+        let names: Vec<_> = config.accounts.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, vec!["hub", "backup-site"]);
+        assert_eq!(config.accounts[0].folders, vec!["INBOX", "Cron"]);
+        assert_eq!(config.accounts[1].folders, vec!["INBOX"]);
+        assert_eq!(config.accounts[1].imap.password.expose(), "y");
+    }
+
+    #[test]
+    fn account_errors_are_located() {
+        let cases = [
+            (
+                TWO_ACCOUNTS.replace("name = \"backup-site\"\n", ""),
+                "imap[1]",
+                (10, 1),
+                "missing key `name`",
+            ),
+            (
+                TWO_ACCOUNTS.replace("backup-site", "hub"),
+                "imap[1].name",
+                (11, 8),
+                "defined twice",
+            ),
+            (
+                TWO_ACCOUNTS.replace("[\"INBOX\", \"Cron\"]", "[\"INBOX\", \"INBOX\"]"),
+                "imap[0].mailboxes",
+                (8, 23),
+                "named twice",
+            ),
+            (
+                TWO_ACCOUNTS.replace("[\"INBOX\", \"Cron\"]", "[]"),
+                "imap[0].mailboxes",
+                (8, 13),
+                "names no folder",
+            ),
+            (
+                TWO_ACCOUNTS.replace("mailboxes =", "mailbox = \"INBOX\"\nmailboxes ="),
+                "imap[0].mailboxes",
+                (9, 13),
+                "not both",
+            ),
+            (
+                TWO_ACCOUNTS.replace("host = \"127.0.0.2\"", "host = \"mail.example.net\""),
+                "imap[1].tls",
+                (13, 7),
+                "clear text",
+            ),
+            (
+                TWO_ACCOUNTS.replace("username = \"alerts\"\npassword = \"y\"", "usernme = \"a\""),
+                "imap[1].usernme",
+                (14, 1),
+                "unknown field",
+            ),
+        ];
+        for (text, key, position, message) in cases {
+            let error = parse(&text).unwrap_err();
+            assert_eq!(error.key.as_deref(), Some(key), "{error}");
+            assert_eq!(error.position, Some(position), "{error}");
+            assert!(error.message.contains(message), "{error}");
+        }
+        let error = parse("[sinks.hook]\ntype = \"console\"\n").unwrap_err();
+        assert_eq!(error.key.as_deref(), Some("imap"), "{error}");
     }
 
     #[test]

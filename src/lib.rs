@@ -1,10 +1,17 @@
-//! herald: watches a mailbox of Unix system mail over IMAP IDLE, turns each message into a
+//! herald: watches mailboxes of Unix system mail over IMAP IDLE, turns each message into a
 //! typed alert, and delivers it to sinks, durably.
 //!
-//! The pipeline, one module per stage: [`config`] → [`mailbox`] (IMAP) → [`classify`] →
-//! [`route`] → [`store`] (SQLite outbox) → [`deliver`] (one worker per sink). The ordering
-//! that makes it reliable: an alert and its outbox rows are committed before the message is
-//! marked processed on the server, and a delivery is marked sent only after the sink confirmed.
+//! The pipeline, one module per stage:
+//!
+//! ```text
+//! source (one per mailbox: IMAP, classify, route) ─commit─> store <─ dispatch ─commit─> store <─ deliver (one worker per sink)
+//! ```
+//!
+//! [`config`] is read and validated before anything starts; [`classify`] and [`route`] are
+//! pure; [`store`] holds everything durable behind one interface per stage. The ordering
+//! that makes it reliable: an alert is committed before its message is marked processed on
+//! the server, its outbox rows are committed before any worker sees them, and a delivery is
+//! marked sent as soon as its sink confirmed it.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(
@@ -15,11 +22,13 @@
 pub mod classify;
 pub mod cli;
 pub mod config;
-pub mod crashpoint;
+mod crashpoint;
 pub mod daemon;
-pub mod deliver;
-pub mod mailbox;
+mod deliver;
+mod dispatch;
+pub mod error;
 pub mod metrics;
 pub mod route;
 pub mod serve;
+mod source;
 pub mod store;

@@ -6,9 +6,11 @@
 //! values are not recorded but computed at scrape time, so they are never stale:
 //! - `herald_outbox_rows{sink,state}`, from the store's row counts passed to
 //!   [`Metrics::encode`];
-//! - `herald_imap_last_contact_seconds`, the time since the IMAP server last answered (or,
-//!   before its first answer, since herald started: "no contact for this long" is the
-//!   condition to alert on either way).
+//! - `herald_imap_session_up`, how many watched mailboxes have a session with their folder
+//!   selected (1 for the usual one mailbox);
+//! - `herald_imap_last_contact_seconds`, the longest time since an IMAP server last answered
+//!   any watched mailbox's session (or, before its first answer, since herald started: "no
+//!   contact for this long" is the condition to alert on either way).
 //!
 //! Label values come from config names (sinks, rules) and classifier kinds, never from mail
 //! content. They are bounded anyway, so that a bug cannot grow the series without limit: a
@@ -181,14 +183,10 @@ pub struct Metrics {
     latency: Family<SinkLabels, Histogram>,
     /// `herald_imap_reconnects_total`.
     reconnects: Counter,
-    /// `herald_imap_session_up`: 1 while a session is established.
-    session_up: Gauge,
-    /// The same as a flag, for readiness.
-    session_live: AtomicBool,
+    /// Each watched mailbox's session, by its name (`account/folder`).
+    sessions: Mutex<Vec<(String, Arc<SessionHealth>)>>,
     /// When this value was created: the clock's origin.
     started: Instant,
-    /// When the server last answered, in nanoseconds after `started`, plus one; 0: never.
-    last_contact: AtomicU64,
     /// Bounds the `sink` label.
     sinks: LabelBound,
     /// Bounds the `kind` label.
@@ -254,12 +252,6 @@ impl Metrics {
             "IMAP connections made after the first",
             reconnects.clone(),
         );
-        let session_up = Gauge::default();
-        registry.register(
-            "imap_session_up",
-            "1 while an IMAP session has the mailbox selected, else 0",
-            session_up.clone(),
-        );
         Arc::new(Metrics {
             registry,
             messages_fetched,
@@ -270,10 +262,8 @@ impl Metrics {
             dead_letters,
             latency,
             reconnects,
-            session_up,
-            session_live: AtomicBool::new(false),
+            sessions: Mutex::default(),
             started: Instant::now(),
-            last_contact: AtomicU64::new(0),
             sinks: LabelBound::default(),
             kinds: LabelBound::default(),
             rules: LabelBound::default(),
@@ -363,55 +353,59 @@ impl Metrics {
         self.reconnects.inc();
     }
 
-    /// Records that the IMAP server answered just now (any response).
-    pub fn server_contact(&self) {
-        let nanos = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
-        self.last_contact
-            .store(nanos.saturating_add(1), Ordering::Relaxed);
+    /// The health of `mailbox`'s session (`account/folder`), registered for readiness and
+    /// the `imap_*` gauges. Call once per watched mailbox.
+    pub fn session(&self, mailbox: &str) -> Arc<SessionHealth> {
+        let health = Arc::new(SessionHealth {
+            started: self.started,
+            live: AtomicBool::new(false),
+            last_contact: AtomicU64::new(0),
+        });
+        self.sessions().push((mailbox.to_owned(), health.clone()));
+        health
     }
 
-    /// Records that an IMAP session was established (the mailbox selected) or dropped.
-    pub fn imap_session(&self, live: bool) {
-        self.session_live.store(live, Ordering::Relaxed);
-        self.session_up.set(i64::from(live));
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Vec<(String, Arc<SessionHealth>)>> {
+        // Only pushes and reads happen under this lock; a poisoned one holds a whole list.
+        self.sessions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Whether the last [`Metrics::imap_session`] call said the session is live.
-    pub fn imap_session_live(&self) -> bool {
-        self.session_live.load(Ordering::Relaxed)
-    }
-
-    /// Seconds since the IMAP server last answered; `None` before its first answer.
-    pub fn seconds_since_server_contact(&self) -> Option<f64> {
-        self.since_contact().map(|d| d.as_secs_f64())
-    }
-
-    /// Time since the IMAP server last answered; `None` before its first answer.
-    fn since_contact(&self) -> Option<Duration> {
-        match self.last_contact.load(Ordering::Relaxed) {
-            0 => None,
-            stamp => {
-                let at = Duration::from_nanos(stamp.saturating_sub(1));
-                Some(self.started.elapsed().saturating_sub(at))
-            }
-        }
-    }
-
-    /// Whether the IMAP side is ready: a session is live and the server answered within
-    /// `within`. `Err` holds a one-line reason.
+    /// Whether the IMAP side is ready: every watched mailbox has a live session whose server
+    /// answered within `within`. `Err` holds a one-line reason.
     pub fn imap_ready(&self, within: Duration) -> Result<(), String> {
-        if !self.imap_session_live() {
+        let sessions = self.sessions();
+        if sessions.is_empty() {
             return Err("no IMAP session".to_owned());
         }
-        match self.since_contact() {
-            None => Err("no answer from the IMAP server yet".to_owned()),
-            Some(since) if since > within => Err(format!(
-                "no answer from the IMAP server for {} s (limit {} s)",
-                since.as_secs(),
-                within.as_secs()
-            )),
-            Some(_) => Ok(()),
+        let several = sessions.len() > 1;
+        for (name, health) in sessions.iter() {
+            health.ready(within).map_err(|reason| {
+                if several {
+                    format!("{name}: {reason}")
+                } else {
+                    reason
+                }
+            })?;
         }
+        Ok(())
+    }
+
+    /// Seconds since the least recently heard-from server last answered; `None` before every
+    /// session has had an answer.
+    pub fn seconds_since_server_contact(&self) -> Option<f64> {
+        self.longest_silence().map(|d| d.as_secs_f64())
+    }
+
+    fn longest_silence(&self) -> Option<Duration> {
+        let sessions = self.sessions();
+        let mut longest = None;
+        for (_, health) in sessions.iter() {
+            let since = health.since_contact()?;
+            longest = Some(longest.map_or(since, |l: Duration| l.max(since)));
+        }
+        longest
     }
 
     /// The exposition in the OpenMetrics text format ([`CONTENT_TYPE`]), with
@@ -435,8 +429,18 @@ impl Metrics {
             "Outbox rows by sink and state, at scrape time",
             rows,
         );
+        let up: Gauge = Gauge::default();
+        up.set(
+            i64::try_from(self.sessions().iter().filter(|(_, h)| h.is_live()).count())
+                .unwrap_or(i64::MAX),
+        );
+        now.register(
+            "imap_session_up",
+            "Watched mailboxes whose IMAP session has the folder selected (1 for one mailbox)",
+            up,
+        );
         let since = self
-            .since_contact()
+            .longest_silence()
             .unwrap_or_else(|| self.started.elapsed());
         let last_contact = Gauge::<f64, AtomicU64>::default();
         last_contact.set(since.as_secs_f64());
@@ -453,6 +457,62 @@ impl Metrics {
         let _ = encode_registry(&mut text, &now);
         let _ = encode_eof(&mut text);
         text
+    }
+}
+
+/// One watched mailbox's session: whether it is up, and when its server last answered.
+#[derive(Debug)]
+pub struct SessionHealth {
+    /// The clock's origin (the [`Metrics`]' creation).
+    started: Instant,
+    /// Whether a session has the folder selected.
+    live: AtomicBool,
+    /// When the server last answered, in nanoseconds after `started`, plus one; 0: never.
+    last_contact: AtomicU64,
+}
+
+impl SessionHealth {
+    /// Records that the server answered just now (any response).
+    pub fn contact(&self) {
+        let nanos = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        self.last_contact
+            .store(nanos.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// Records that the session was established (the folder selected) or dropped.
+    pub fn set_live(&self, live: bool) {
+        self.live.store(live, Ordering::Relaxed);
+    }
+
+    /// Whether the last [`SessionHealth::set_live`] said the session is up.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Time since the server last answered; `None` before its first answer.
+    fn since_contact(&self) -> Option<Duration> {
+        match self.last_contact.load(Ordering::Relaxed) {
+            0 => None,
+            stamp => {
+                let at = Duration::from_nanos(stamp.saturating_sub(1));
+                Some(self.started.elapsed().saturating_sub(at))
+            }
+        }
+    }
+
+    fn ready(&self, within: Duration) -> Result<(), String> {
+        if !self.is_live() {
+            return Err("no IMAP session".to_owned());
+        }
+        match self.since_contact() {
+            None => Err("no answer from the IMAP server yet".to_owned()),
+            Some(since) if since > within => Err(format!(
+                "no answer from the IMAP server for {} s (limit {} s)",
+                since.as_secs(),
+                within.as_secs()
+            )),
+            Some(_) => Ok(()),
+        }
     }
 }
 
@@ -593,16 +653,43 @@ mod tests {
     }
 
     #[test]
+    fn every_mailbox_must_be_ready() {
+        let metrics = Metrics::new();
+        let within = Duration::from_secs(60);
+        let inbox = metrics.session("hub/INBOX");
+        let cron = metrics.session("hub/Cron");
+        for s in [&inbox, &cron] {
+            s.set_live(true);
+        }
+        inbox.contact();
+        assert_eq!(
+            metrics.imap_ready(within),
+            Err("hub/Cron: no answer from the IMAP server yet".to_owned())
+        );
+        assert_eq!(metrics.seconds_since_server_contact(), None);
+        cron.contact();
+        assert_eq!(metrics.imap_ready(within), Ok(()));
+        assert!(lines(&metrics.encode(&[])).contains(&"herald_imap_session_up 2"));
+        cron.set_live(false);
+        assert_eq!(
+            metrics.imap_ready(within),
+            Err("hub/Cron: no IMAP session".to_owned())
+        );
+        assert!(lines(&metrics.encode(&[])).contains(&"herald_imap_session_up 1"));
+    }
+
+    #[test]
     fn session_and_contact() {
         let metrics = Metrics::new();
         let within = Duration::from_secs(60);
         assert!(metrics.imap_ready(within).is_err());
-        metrics.imap_session(true);
+        let session = metrics.session("default/INBOX");
+        session.set_live(true);
         assert_eq!(
             metrics.imap_ready(within),
             Err("no answer from the IMAP server yet".to_owned())
         );
-        metrics.server_contact();
+        session.contact();
         let since = metrics.seconds_since_server_contact().unwrap();
         assert!((0.0..5.0).contains(&since), "{since}");
         assert_eq!(metrics.imap_ready(within), Ok(()));
@@ -614,7 +701,7 @@ mod tests {
                 .any(|l| l.starts_with("herald_imap_last_contact_seconds ")),
             "{text}"
         );
-        metrics.imap_session(false);
+        session.set_live(false);
         assert_eq!(
             metrics.imap_ready(within),
             Err("no IMAP session".to_owned())

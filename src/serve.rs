@@ -13,9 +13,9 @@
 //! at most [`MAX_CONNECTIONS`] at once (extra ones are closed at once), request heads of at
 //! most [`MAX_BUF_SIZE`] bytes that must arrive within [`HEADER_READ_TIMEOUT`] (an idle or
 //! stuck client is dropped then), request bodies are never read, and a connection is closed
-//! gracefully after [`MAX_CONNECTION_AGE`]. Store calls run on the blocking pool one at a time
-//! under [`STORE_TIMEOUT`], so a wedged database makes probes fail fast instead of piling up
-//! threads.
+//! gracefully after [`MAX_CONNECTION_AGE`]. Store calls run one at a time under
+//! [`STORE_TIMEOUT`], so a wedged database makes probes fail fast instead of piling up
+//! calls.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -37,8 +37,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use async_trait::async_trait;
+
+use crate::error::chain;
 use crate::metrics::{self, Metrics};
-use crate::store::Store;
+use crate::store::AdminStore;
 
 /// Connections served at once. A scraper, a supervisor and an operator's curl need a handful;
 /// the cap keeps a misbehaving client from taking the process's file descriptors.
@@ -66,22 +69,29 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// seconds; a store slower than this is not ready anyway.
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What the endpoint needs from the store; implemented for [`Store`], and by fakes in tests.
+/// What the endpoint needs from the store; implemented for every [`AdminStore`], and by
+/// fakes in tests.
+#[async_trait]
 pub trait StoreProbe: Send + Sync + 'static {
     /// Fails unless the store can take a write transaction now.
-    fn probe_writable(&self) -> Result<()>;
-    /// Outbox row counts as `(sink, state, count)` (see [`Store::counts`]).
-    fn outbox_counts(&self) -> Result<Vec<(String, String, u64)>>;
+    async fn probe_writable(&self) -> Result<()>;
+    /// Outbox row counts as `(sink, state, count)`.
+    async fn outbox_counts(&self) -> Result<Vec<(String, String, u64)>>;
 }
 
-impl StoreProbe for Store {
-    fn probe_writable(&self) -> Result<()> {
-        self.check_writable()
-            .context("the state database is not writable")
+#[async_trait]
+impl<T: AdminStore + ?Sized + 'static> StoreProbe for T {
+    async fn probe_writable(&self) -> Result<()> {
+        Ok(self.check_writable().await?)
     }
 
-    fn outbox_counts(&self) -> Result<Vec<(String, String, u64)>> {
-        self.counts()
+    async fn outbox_counts(&self) -> Result<Vec<(String, String, u64)>> {
+        Ok(self
+            .counts()
+            .await?
+            .into_iter()
+            .map(|(sink, state, n)| (sink, state.as_str().to_owned(), n))
+            .collect())
     }
 }
 
@@ -99,10 +109,10 @@ pub async fn bind(listen: SocketAddr) -> Result<(TcpListener, SocketAddr)> {
 }
 
 /// Binds `listen` and serves until `stop` is cancelled. A bind error is returned at once.
-pub async fn serve(
+pub async fn serve<S: StoreProbe + ?Sized>(
     listen: SocketAddr,
     metrics: Arc<Metrics>,
-    store: Arc<Store>,
+    store: Arc<S>,
     ready_within: Duration,
     stop: CancellationToken,
 ) -> Result<()> {
@@ -111,7 +121,7 @@ pub async fn serve(
 }
 
 /// Shared by every connection.
-struct State<S> {
+struct State<S: ?Sized> {
     /// The metrics to expose, and the IMAP half of readiness.
     metrics: Arc<Metrics>,
     /// The store half of readiness, and the outbox depth.
@@ -124,7 +134,7 @@ struct State<S> {
 
 /// Serves on `listener` until `stop` is cancelled; then asks open connections to close and
 /// waits up to [`CLOSE_GRACE`] for them.
-pub async fn serve_on<S: StoreProbe>(
+pub async fn serve_on<S: StoreProbe + ?Sized>(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     store: Arc<S>,
@@ -180,7 +190,7 @@ pub async fn serve_on<S: StoreProbe>(
 }
 
 /// Serves one connection, closing it gracefully at [`MAX_CONNECTION_AGE`] or at `stop`.
-async fn connection<S: StoreProbe>(
+async fn connection<S: StoreProbe + ?Sized>(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     state: Arc<State<S>>,
@@ -221,7 +231,7 @@ async fn connection<S: StoreProbe>(
 }
 
 /// Routes one request.
-async fn respond<S: StoreProbe>(
+async fn respond<S: StoreProbe + ?Sized>(
     state: &State<S>,
     request: &Request<Incoming>,
 ) -> Response<Full<Bytes>> {
@@ -247,12 +257,14 @@ async fn respond<S: StoreProbe>(
             ),
         },
         _ => {
-            let rows = match store_call(state, |store| store.outbox_counts()).await {
+            let rows = match store_call(state, |store| async move { store.outbox_counts().await })
+                .await
+            {
                 Ok(rows) => rows,
                 Err(error) => {
                     // Serve the other metrics anyway: a failed scrape would hide them exactly
                     // when they matter. /readyz reports the store.
-                    warn!(error = %format!("{error:#}"), "Cannot read the outbox for /metrics.");
+                    warn!(error = %chain(error.as_ref()), "Cannot read the outbox for /metrics.");
                     Vec::new()
                 }
             };
@@ -267,35 +279,40 @@ async fn respond<S: StoreProbe>(
 }
 
 /// `Ok` when herald is ready; else the reason.
-async fn ready<S: StoreProbe>(state: &State<S>) -> Result<(), String> {
+async fn ready<S: StoreProbe + ?Sized>(state: &State<S>) -> Result<(), String> {
     state.metrics.imap_ready(state.ready_within)?;
-    store_call(state, |store| store.probe_writable())
+    store_call(state, |store| async move { store.probe_writable().await })
         .await
-        .map_err(|error| format!("{error:#}"))
+        .map_err(|error| chain(error.as_ref()).to_string())
 }
 
-/// Runs `call` on the blocking pool, one store call at a time, within [`STORE_TIMEOUT`]. A
-/// call that times out keeps its turn until it finishes, so calls never pile up.
-async fn store_call<S: StoreProbe, T: Send + 'static>(
-    state: &State<S>,
-    call: impl FnOnce(&S) -> Result<T> + Send + 'static,
-) -> Result<T> {
-    let store = state.store.clone();
+/// Runs `call`, one store call at a time, within [`STORE_TIMEOUT`]. The call runs as a task
+/// of its own that keeps its turn until it finishes, even after a timeout, so calls into a
+/// wedged store never pile up.
+async fn store_call<S, T, F, Fut>(state: &State<S>, call: F) -> Result<T>
+where
+    S: StoreProbe + ?Sized,
+    T: Send + 'static,
+    F: FnOnce(Arc<S>) -> Fut,
+    Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+{
     let turn = state.store_turn.clone();
-    let work = async move {
+    let work = call(state.store.clone());
+    let attempt = async move {
+        // Waiting for the turn is given up with the timeout; a call that has begun is not.
         let permit = turn
             .acquire_owned()
             .await
             .context("the store probe is closed")?;
-        tokio::task::spawn_blocking(move || {
-            let result = call(&store);
+        tokio::spawn(async move {
+            let result = work.await;
             drop(permit);
             result
         })
         .await
-        .context("the store call panicked")?
+        .context("the store call failed")?
     };
-    match tokio::time::timeout(STORE_TIMEOUT, work).await {
+    match tokio::time::timeout(STORE_TIMEOUT, attempt).await {
         Ok(result) => result,
         Err(_) => Err(anyhow::anyhow!(
             "the state database did not answer within {} s",

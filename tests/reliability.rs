@@ -110,6 +110,7 @@ async fn a_crash_at_any_crash_point_loses_nothing() {
     for point in [
         "after-fetch",
         "after-commit",
+        "after-dispatch",
         "before-flag",
         "after-send-before-mark",
     ] {

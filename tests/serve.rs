@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald::metrics::{Metrics, Outcome};
+use herald::metrics::{Metrics, Outcome, SessionHealth};
 use herald::serve::{bind, serve, serve_on, StoreProbe, HEADER_READ_TIMEOUT, STORE_TIMEOUT};
-use herald::store::Store;
+use herald::store::{self, Access, MailboxId, Store};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -24,15 +24,16 @@ struct FakeStore {
     rows: Vec<(String, String, u64)>,
 }
 
+#[async_trait::async_trait]
 impl StoreProbe for FakeStore {
-    fn probe_writable(&self) -> anyhow::Result<()> {
+    async fn probe_writable(&self) -> anyhow::Result<()> {
         if self.read_only.load(Ordering::Relaxed) {
             anyhow::bail!("attempt to write a readonly database")
         }
         Ok(())
     }
 
-    fn outbox_counts(&self) -> anyhow::Result<Vec<(String, String, u64)>> {
+    async fn outbox_counts(&self) -> anyhow::Result<Vec<(String, String, u64)>> {
         Ok(self.rows.clone())
     }
 }
@@ -41,14 +42,17 @@ struct Server {
     base: String,
     address: SocketAddr,
     metrics: Arc<Metrics>,
+    /// The one watched mailbox's session, as the IMAP source reports it.
+    session: Arc<SessionHealth>,
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Server {
-    async fn start<S: StoreProbe>(store: Arc<S>, ready_within: Duration) -> Server {
+    async fn start<S: StoreProbe + ?Sized>(store: Arc<S>, ready_within: Duration) -> Server {
         let (listener, address) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let metrics = Metrics::new();
+        let session = metrics.session("default/INBOX");
         let stop = CancellationToken::new();
         let task = tokio::spawn(serve_on(
             listener,
@@ -61,6 +65,7 @@ impl Server {
             base: format!("http://{address}"),
             address,
             metrics,
+            session,
             stop,
             task,
         }
@@ -90,15 +95,17 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(QUICK).build().unwrap()
 }
 
-fn real_store() -> (tempfile::TempDir, Arc<Store>) {
+async fn real_store() -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("herald.db")).unwrap();
-    (dir, Arc::new(store))
+    let store = store::open(dir.path().join("herald.db"), Access::Daemon)
+        .await
+        .unwrap();
+    (dir, store)
 }
 
 #[tokio::test]
 async fn healthz_is_ok() {
-    let (_dir, store) = real_store();
+    let (_dir, store) = real_store().await;
     let server = Server::start(store, Duration::from_secs(60)).await;
     assert_eq!(server.get("/healthz").await, (200, "ok\n".to_owned()));
     assert_eq!(server.get("/healthz?verbose").await.0, 200);
@@ -107,33 +114,33 @@ async fn healthz_is_ok() {
 
 #[tokio::test]
 async fn readyz_follows_the_imap_session() {
-    let (_dir, store) = real_store();
+    let (_dir, store) = real_store().await;
     let server = Server::start(store, Duration::from_secs(60)).await;
     let (status, body) = server.get("/readyz").await;
     assert_eq!(status, 503);
     assert_eq!(body, "no IMAP session\n");
 
-    server.metrics.imap_session(true);
+    server.session.set_live(true);
     let (status, body) = server.get("/readyz").await;
     assert_eq!(
         (status, body.as_str()),
         (503, "no answer from the IMAP server yet\n")
     );
 
-    server.metrics.server_contact();
+    server.session.contact();
     assert_eq!(server.get("/readyz").await, (200, "ok\n".to_owned()));
 
-    server.metrics.imap_session(false);
+    server.session.set_live(false);
     assert_eq!(server.get("/readyz").await.0, 503);
     server.shut_down().await;
 }
 
 #[tokio::test]
 async fn readyz_fails_when_the_server_went_quiet() {
-    let (_dir, store) = real_store();
+    let (_dir, store) = real_store().await;
     let server = Server::start(store, Duration::from_millis(50)).await;
-    server.metrics.imap_session(true);
-    server.metrics.server_contact();
+    server.session.set_live(true);
+    server.session.contact();
     assert_eq!(server.get("/readyz").await.0, 200);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (status, body) = server.get("/readyz").await;
@@ -150,8 +157,8 @@ async fn readyz_fails_when_the_server_went_quiet() {
 async fn readyz_fails_when_the_store_is_not_writable() {
     let store = Arc::new(FakeStore::default());
     let server = Server::start(store.clone(), Duration::from_secs(60)).await;
-    server.metrics.imap_session(true);
-    server.metrics.server_contact();
+    server.session.set_live(true);
+    server.session.contact();
     assert_eq!(server.get("/readyz").await.0, 200);
     store.read_only.store(true, Ordering::Relaxed);
     let (status, body) = server.get("/readyz").await;
@@ -162,18 +169,22 @@ async fn readyz_fails_when_the_store_is_not_writable() {
 
 #[tokio::test]
 async fn real_store_probe_is_writable_and_changes_nothing() {
-    let (_dir, store) = real_store();
-    store.probe_writable().unwrap();
-    assert!(store.counts().unwrap().is_empty());
-    assert!(store.pending_marks("INBOX", 0).unwrap().is_empty());
+    let (_dir, store) = real_store().await;
+    store.probe_writable().await.unwrap();
+    assert!(store.counts().await.unwrap().is_empty());
+    assert!(store
+        .pending_marks(&MailboxId::new("default", "INBOX"), 0)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
 async fn readyz_fails_fast_while_another_writer_holds_the_store() {
-    let (dir, store) = real_store();
+    let (dir, store) = real_store().await;
     let server = Server::start(store, Duration::from_secs(60)).await;
-    server.metrics.imap_session(true);
-    server.metrics.server_contact();
+    server.session.set_live(true);
+    server.session.contact();
     assert_eq!(server.get("/readyz").await.0, 200);
 
     // Another process holding SQLite's write lock: the probe must not report ready, and must
@@ -262,7 +273,7 @@ async fn metrics_exposition() {
 
 #[tokio::test]
 async fn metrics_with_a_real_store() {
-    let (_dir, store) = real_store();
+    let (_dir, store) = real_store().await;
     let server = Server::start(store, Duration::from_secs(60)).await;
     let (status, text) = server.get("/metrics").await;
     assert_eq!(status, 200);
@@ -272,7 +283,7 @@ async fn metrics_with_a_real_store() {
 
 #[tokio::test]
 async fn unknown_paths_and_methods() {
-    let (_dir, store) = real_store();
+    let (_dir, store) = real_store().await;
     let server = Server::start(store, Duration::from_secs(60)).await;
     assert_eq!(server.get("/").await.0, 404);
     assert_eq!(server.get("/metrics/x").await.0, 404);
@@ -305,7 +316,7 @@ async fn raw(address: SocketAddr, request: &[u8]) -> String {
 
 #[tokio::test]
 async fn keep_alive_serves_several_requests_then_close_closes() {
-    let (_dir, store) = real_store();
+    let (_dir, store) = real_store().await;
     let server = Server::start(store, Duration::from_secs(60)).await;
     let started = std::time::Instant::now();
     let out = raw(
@@ -325,7 +336,7 @@ async fn keep_alive_serves_several_requests_then_close_closes() {
 
 #[tokio::test]
 async fn oversized_and_malformed_requests_are_refused() {
-    let (_dir, store) = real_store();
+    let (_dir, store) = real_store().await;
     let server = Server::start(store, Duration::from_secs(60)).await;
     let big = format!(
         "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
@@ -341,7 +352,7 @@ async fn oversized_and_malformed_requests_are_refused() {
 
 #[tokio::test]
 async fn silent_clients_do_not_block_others() {
-    let (_dir, store) = real_store();
+    let (_dir, store) = real_store().await;
     let server = Server::start(store, Duration::from_secs(60)).await;
     let mut silent = Vec::new();
     for _ in 0..20 {
@@ -403,7 +414,7 @@ async fn an_idle_keep_alive_connection_is_dropped_after_the_header_timeout() {
 #[tokio::test]
 async fn bind_errors_are_returned() {
     let (listener, address) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let (_dir, store) = real_store();
+    let (_dir, store) = real_store().await;
     let error = serve(
         address,
         Metrics::new(),
@@ -422,7 +433,7 @@ async fn bind_errors_are_returned() {
 
 #[tokio::test]
 async fn serve_runs_until_stopped() {
-    let (_dir, store) = real_store();
+    let (_dir, store) = real_store().await;
     let stop = CancellationToken::new();
     // Port 0 through the public entry point: it serves, then returns on stop.
     let task = tokio::spawn(serve(

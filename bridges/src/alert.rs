@@ -141,6 +141,13 @@ pub struct Alert {
     pub body: String,
     /// Whether the message was larger than herald fetches (`max_message_bytes`).
     pub truncated: bool,
+    /// The IMAP account the mail was found in (`[[imap]] name`); `None` for a message read
+    /// from a file and for herald's own notices. Absent in alerts stored by herald 0.1.
+    #[serde(default)]
+    pub account: Option<String>,
+    /// The folder the mail was found in; `None` where `account` is.
+    #[serde(default)]
+    pub mailbox: Option<String>,
     /// Set by a rule's `resolve = true` for mails that report recovery: sinks that track
     /// incidents (PagerDuty) close the incident with this alert's `dedup_key` instead of
     /// opening one. Absent from JSON when false, so existing consumers see no change.
@@ -174,6 +181,8 @@ impl Alert {
             date: None,
             body: "backup.sh: error: cannot stat /srv/data: No such file or directory\n".into(),
             truncated: false,
+            account: None,
+            mailbox: None,
             resolve: false,
         }
     }

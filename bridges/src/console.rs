@@ -2,12 +2,13 @@
 //! debugging rules. Mail content is flattened to one line so an alert can never forge another.
 
 use std::io::Write;
+use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use crate::sink::DeliverFuture;
+use crate::sink::{DeliverFuture, Fixture, SinkKind};
 use crate::text::one_line;
-use crate::{Alert, Outcome, Sink};
+use crate::{Alert, Outcome, Sink, SinkError};
 
 /// `type = "console"`: no keys of its own yet.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -22,6 +23,32 @@ impl Console {
     /// Builds the sink.
     pub fn new(_config: &Config) -> Console {
         Console
+    }
+}
+
+impl SinkKind for Config {
+    const TYPE: &'static str = "console";
+
+    type Sink = Console;
+
+    /// Nothing to check.
+    fn validate(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// `{"line": …}`: the line printed ([`render`]).
+    fn render(&self, alert: &Alert) -> serde_json::Value {
+        serde_json::json!({ "line": render(alert) })
+    }
+
+    fn build(&self) -> Result<Console, SinkError> {
+        Ok(Console::new(self))
+    }
+
+    fn secret_fixtures(_base_url: &str, _addr: SocketAddr, _mark: &str) -> Vec<Fixture> {
+        vec![Fixture::NoSecret {
+            table: serde_json::json!({}),
+        }]
     }
 }
 

@@ -19,6 +19,7 @@
 //! - The webhook URL (which contains the token) is never in an outcome, a log line or
 //!   [`Config::render`] output.
 
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, CONTENT_TYPE, USER_AGENT};
@@ -28,7 +29,7 @@ use serde_json::{json, Value};
 
 use crate::http::{self, Endpoint};
 use crate::ratelimit::{self, Rate, RateSetting};
-use crate::sink::{deserialize_duration, DeliverFuture};
+use crate::sink::{deserialize_duration, DeliverFuture, Fixture, SinkKind};
 use crate::template::Template;
 use crate::text::{fit_chars, one_line, ZWSP};
 use crate::{present, Alert, Outcome, Secret, Severity, Sink, SinkError};
@@ -89,9 +90,13 @@ fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
-impl Config {
+impl SinkKind for Config {
+    const TYPE: &'static str = "discord";
+
+    type Sink = Discord;
+
     /// Checks the URL, thread and username without sending anything.
-    pub fn validate(&self) -> Result<(), SinkError> {
+    fn validate(&self) -> Result<(), SinkError> {
         self.request_url()?;
         if let Some(thread) = &self.thread_id {
             if thread.is_empty() || thread.len() > 20 || !thread.bytes().all(|b| b.is_ascii_digit())
@@ -121,6 +126,24 @@ impl Config {
         Ok(())
     }
 
+    /// The request body for `alert`, as sent.
+    fn render(&self, alert: &Alert) -> Value {
+        payload(alert, self.username.as_deref(), self.template.as_ref())
+    }
+
+    fn build(&self) -> Result<Discord, SinkError> {
+        Discord::new(self)
+    }
+
+    fn secret_fixtures(base_url: &str, _addr: SocketAddr, mark: &str) -> Vec<Fixture> {
+        vec![Fixture::secret(json!({
+            "webhook_url": format!("{base_url}/api/v10/webhooks/1/{mark}discord"),
+            "rate_limit": "off",
+        }))]
+    }
+}
+
+impl Config {
     /// The URL requested: the webhook with `?wait=true` (and `thread_id`).
     fn request_url(&self) -> Result<reqwest::Url, SinkError> {
         let mut url = crate::webhook::http_url("webhook_url", &self.webhook_url)?;
@@ -132,11 +155,6 @@ impl Config {
             }
         }
         Ok(url)
-    }
-
-    /// The request body for `alert`, as sent.
-    pub fn render(&self, alert: &Alert) -> Value {
-        payload(alert, self.username.as_deref(), self.template.as_ref())
     }
 }
 

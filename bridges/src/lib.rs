@@ -12,6 +12,7 @@
 )]
 
 pub mod alert;
+pub mod backoff;
 pub mod console;
 pub mod discord;
 mod http;
@@ -31,4 +32,4 @@ pub mod webhook;
 
 pub use alert::{Alert, Kind, Severity};
 pub use secret::Secret;
-pub use sink::{Outcome, Sink, SinkConfig, SinkError, SINGLE_TARGET};
+pub use sink::{Outcome, Sink, SinkConfig, SinkError, SinkKind, SINGLE_TARGET};

@@ -17,6 +17,7 @@
 //! - The routing key is a secret: it travels only in the request body, and [`Config::render`]
 //!   shows it as `**REDACTED**`.
 
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, CONTENT_TYPE};
@@ -27,7 +28,7 @@ use sha2::{Digest, Sha256};
 
 use crate::http::{self, Endpoint};
 use crate::ratelimit::{self, Rate, RateSetting};
-use crate::sink::{deserialize_duration, DeliverFuture};
+use crate::sink::{deserialize_duration, DeliverFuture, Fixture, SinkKind};
 use crate::template::Template;
 use crate::text::{fit_chars, no_escape, one_line};
 use crate::{present, Alert, Outcome, Secret, Severity, Sink, SinkError};
@@ -83,9 +84,13 @@ fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
-impl Config {
+impl SinkKind for Config {
+    const TYPE: &'static str = "pagerduty";
+
+    type Sink = PagerDuty;
+
     /// Checks the key and URL without sending anything.
-    pub fn validate(&self) -> Result<(), SinkError> {
+    fn validate(&self) -> Result<(), SinkError> {
         let key = self.routing_key.expose();
         if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(SinkError::Invalid {
@@ -98,8 +103,20 @@ impl Config {
     }
 
     /// The event for `alert`, as sent, with the routing key redacted.
-    pub fn render(&self, alert: &Alert) -> Value {
+    fn render(&self, alert: &Alert) -> Value {
         payload(alert, REDACTED, self.template.as_ref())
+    }
+
+    fn build(&self) -> Result<PagerDuty, SinkError> {
+        PagerDuty::new(self)
+    }
+
+    fn secret_fixtures(base_url: &str, _addr: SocketAddr, mark: &str) -> Vec<Fixture> {
+        vec![Fixture::secret(json!({
+            "routing_key": format!("{mark}pagerduty00000000000000000"),
+            "url": format!("{base_url}/v2/enqueue"),
+            "rate_limit": "off",
+        }))]
     }
 }
 
@@ -331,7 +348,10 @@ mod tests {
         let mut a = Alert::sample();
         a.dedup_key = " \t".into();
         let k = dedup_key(&a);
-        assert!(k.starts_with("herald:") && k.chars().count() <= DEDUP_KEY_CHARS, "{k}");
+        assert!(
+            k.starts_with("herald:") && k.chars().count() <= DEDUP_KEY_CHARS,
+            "{k}"
+        );
         let mut recovery = a.clone();
         recovery.resolve = true;
         recovery.dedup_key = String::new();

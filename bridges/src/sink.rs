@@ -5,10 +5,11 @@
 //! holds up another.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
-use serde::de::{Deserialize, Deserializer, Error as _};
+use serde::de::{Deserialize, DeserializeOwned, Deserializer, Error as _};
 
 use crate::{console, discord, irc, pagerduty, slack, twilio, webhook, Alert};
 
@@ -87,10 +88,149 @@ pub enum SinkError {
     Client(String),
 }
 
-/// Every sink type a configuration may name, as a closed enum: adding a sink means adding a
-/// variant, and the compiler then points at every place that must handle it.
+/// What every sink module provides, implemented by its `Config`: with it, one line in the
+/// registry below makes the sink a [`SinkConfig`] variant, and the compiler asks for every
+/// item (the secret-leak test fixture included) of every registered sink.
+pub trait SinkKind: DeserializeOwned + std::fmt::Debug + Clone {
+    /// The sink's `type` in a configuration.
+    const TYPE: &'static str;
+
+    /// The sink [`SinkKind::build`] makes.
+    type Sink: Sink + std::fmt::Debug + 'static;
+
+    /// Checks everything that can be checked without I/O; errors never contain a secret.
+    fn validate(&self) -> Result<(), SinkError>;
+
+    /// Exactly what the sink would send for `alert`, with no secret in it (see
+    /// [`SinkConfig::render`]).
+    fn render(&self, alert: &Alert) -> serde_json::Value;
+
+    /// Builds the sink.
+    fn build(&self) -> Result<Self::Sink, SinkError>;
+
+    /// Tables for the secret-leak tests: at least one, every endpoint at `addr` (`base_url`
+    /// is `http://{addr}`) and, unless the sink has no secret, every secret containing `mark`.
+    #[doc(hidden)]
+    fn secret_fixtures(base_url: &str, addr: SocketAddr, mark: &str) -> Vec<Fixture>;
+}
+
+/// A sink table for the secret-leak tests, from [`SinkKind::secret_fixtures`].
+#[doc(hidden)]
 #[derive(Debug, Clone)]
-pub enum SinkConfig {
+pub enum Fixture {
+    /// Every secret in `table` contains the mark; `encoded` holds the forms a secret takes on
+    /// the wire without showing the mark (HTTP Basic credentials), which must not leak either.
+    Secret {
+        /// The sink's table, without `type`.
+        table: serde_json::Value,
+        /// Encoded secrets.
+        encoded: Vec<String>,
+    },
+    /// The sink has no secret at all.
+    NoSecret {
+        /// The sink's table, without `type`.
+        table: serde_json::Value,
+    },
+}
+
+impl Fixture {
+    /// A [`Fixture::Secret`] whose secrets all show the mark as they travel.
+    pub fn secret(table: serde_json::Value) -> Fixture {
+        Fixture::Secret {
+            table,
+            encoded: Vec::new(),
+        }
+    }
+}
+
+/// Generates [`SinkConfig`] and its methods from the list of sinks: a variant each, holding a
+/// `Config` that implements [`SinkKind`].
+macro_rules! registry {
+    ($($(#[$doc:meta])* $variant:ident($config:ty),)+) => {
+        /// Every sink type a configuration may name, as a closed enum generated from one
+        /// registry: adding a sink means one module whose `Config` implements [`SinkKind`] and
+        /// one line in the registry.
+        #[derive(Debug, Clone)]
+        pub enum SinkConfig {
+            $($(#[$doc])* $variant($config),)+
+        }
+
+        impl SinkConfig {
+            /// The accepted values of a sink's `type` key.
+            pub const TYPES: &'static [&'static str] = &[$(<$config as SinkKind>::TYPE,)+];
+
+            /// Deserializes the sink table of type `type_name` (the `type` key itself already
+            /// taken out), so that errors point at the exact key within the table.
+            pub fn deserialize_typed<'de, D: Deserializer<'de>>(
+                type_name: &str,
+                deserializer: D,
+            ) -> Result<SinkConfig, D::Error> {
+                $(if type_name == <$config as SinkKind>::TYPE {
+                    return <$config>::deserialize(deserializer).map(SinkConfig::$variant);
+                })+
+                Err(D::Error::unknown_variant(type_name, Self::TYPES))
+            }
+
+            /// The sink's `type`.
+            pub fn type_name(&self) -> &'static str {
+                match self {
+                    $(SinkConfig::$variant(_) => <$config as SinkKind>::TYPE,)+
+                }
+            }
+
+            /// Checks everything that can be checked without I/O.
+            pub fn validate(&self) -> Result<(), SinkError> {
+                match self {
+                    $(SinkConfig::$variant(config) => SinkKind::validate(config),)+
+                }
+            }
+
+            /// Exactly what the sink would send for `alert` (for `herald classify --render`), with no
+            /// secret in it: the JSON body for HTTP sinks (PagerDuty's routing key shown as
+            /// `**REDACTED**`), an array of per-recipient form fields for Twilio, `{"line": …}` for
+            /// the console, `{"command", "targets", "lines"}` for IRC (no connection is made). URLs and headers are not part of it (they may be credentials).
+            pub fn render(&self, alert: &Alert) -> serde_json::Value {
+                match self {
+                    $(SinkConfig::$variant(config) => SinkKind::render(config, alert),)+
+                }
+            }
+
+            /// Builds the sink.
+            pub fn build(&self) -> Result<Box<dyn Sink>, SinkError> {
+                Ok(match self {
+                    $(SinkConfig::$variant(config) => Box::new(SinkKind::build(config)?),)+
+                })
+            }
+
+            /// Builds the sink and shows its `Debug`, for the secret-leak tests (a
+            /// `Box<dyn Sink>` has none).
+            #[doc(hidden)]
+            pub fn built_debug(&self) -> Result<String, SinkError> {
+                Ok(match self {
+                    $(SinkConfig::$variant(config) => format!("{:?}", SinkKind::build(config)?),)+
+                })
+            }
+
+            /// The [`SinkKind::secret_fixtures`] of sink type `type_name`, pointed at `addr`;
+            /// `None` for a type that is not registered.
+            #[doc(hidden)]
+            pub fn secret_fixtures(
+                type_name: &str,
+                addr: SocketAddr,
+                mark: &str,
+            ) -> Option<Vec<Fixture>> {
+                let base_url = format!("http://{addr}");
+                $(if type_name == <$config as SinkKind>::TYPE {
+                    return Some(<$config as SinkKind>::secret_fixtures(&base_url, addr, mark));
+                })+
+                None
+            }
+        }
+    };
+}
+
+// The registry: one line per sink.
+registry! {
     /// POSTs the alert as JSON.
     Webhook(webhook::Config),
     /// Prints one line per alert on stdout.
@@ -105,92 +245,6 @@ pub enum SinkConfig {
     Twilio(twilio::Config),
     /// Posts to IRC channels over one persistent connection, one delivery per channel.
     Irc(irc::Config),
-}
-
-impl SinkConfig {
-    /// The accepted values of a sink's `type` key.
-    pub const TYPES: &'static [&'static str] = &[
-        "webhook",
-        "console",
-        "slack",
-        "discord",
-        "pagerduty",
-        "twilio",
-        "irc",
-    ];
-
-    /// Deserializes the sink table of type `type_name` (the `type` key itself already taken
-    /// out), so that errors point at the exact key within the table.
-    pub fn deserialize_typed<'de, D: Deserializer<'de>>(
-        type_name: &str,
-        deserializer: D,
-    ) -> Result<SinkConfig, D::Error> {
-        match type_name {
-            "webhook" => webhook::Config::deserialize(deserializer).map(SinkConfig::Webhook),
-            "console" => console::Config::deserialize(deserializer).map(SinkConfig::Console),
-            "slack" => slack::Config::deserialize(deserializer).map(SinkConfig::Slack),
-            "discord" => discord::Config::deserialize(deserializer).map(SinkConfig::Discord),
-            "pagerduty" => pagerduty::Config::deserialize(deserializer).map(SinkConfig::PagerDuty),
-            "twilio" => twilio::Config::deserialize(deserializer).map(SinkConfig::Twilio),
-            "irc" => irc::Config::deserialize(deserializer).map(SinkConfig::Irc),
-            other => Err(D::Error::unknown_variant(other, Self::TYPES)),
-        }
-    }
-
-    /// The sink's `type`.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            SinkConfig::Webhook(_) => "webhook",
-            SinkConfig::Console(_) => "console",
-            SinkConfig::Slack(_) => "slack",
-            SinkConfig::Discord(_) => "discord",
-            SinkConfig::PagerDuty(_) => "pagerduty",
-            SinkConfig::Twilio(_) => "twilio",
-            SinkConfig::Irc(_) => "irc",
-        }
-    }
-
-    /// Checks everything that can be checked without I/O.
-    pub fn validate(&self) -> Result<(), SinkError> {
-        match self {
-            SinkConfig::Webhook(config) => config.validate(),
-            SinkConfig::Console(_) => Ok(()),
-            SinkConfig::Slack(config) => config.validate(),
-            SinkConfig::Discord(config) => config.validate(),
-            SinkConfig::PagerDuty(config) => config.validate(),
-            SinkConfig::Twilio(config) => config.validate(),
-            SinkConfig::Irc(config) => config.validate(),
-        }
-    }
-
-    /// Exactly what the sink would send for `alert` (for `herald classify --render`), with no
-    /// secret in it: the JSON body for HTTP sinks (PagerDuty's routing key shown as
-    /// `**REDACTED**`), an array of per-recipient form fields for Twilio, `{"line": …}` for
-    /// the console, `{"command", "targets", "lines"}` for IRC (no connection is made). URLs and headers are not part of it (they may be credentials).
-    pub fn render(&self, alert: &Alert) -> serde_json::Value {
-        match self {
-            SinkConfig::Webhook(_) => webhook::payload(alert),
-            SinkConfig::Console(_) => serde_json::json!({ "line": console::render(alert) }),
-            SinkConfig::Slack(config) => config.render(alert),
-            SinkConfig::Discord(config) => config.render(alert),
-            SinkConfig::PagerDuty(config) => config.render(alert),
-            SinkConfig::Twilio(config) => config.render(alert),
-            SinkConfig::Irc(config) => config.render(alert),
-        }
-    }
-
-    /// Builds the sink.
-    pub fn build(&self) -> Result<Box<dyn Sink>, SinkError> {
-        Ok(match self {
-            SinkConfig::Webhook(config) => Box::new(webhook::Webhook::new(config)?),
-            SinkConfig::Console(config) => Box::new(console::Console::new(config)),
-            SinkConfig::Slack(config) => Box::new(slack::Slack::new(config)?),
-            SinkConfig::Discord(config) => Box::new(discord::Discord::new(config)?),
-            SinkConfig::PagerDuty(config) => Box::new(pagerduty::PagerDuty::new(config)?),
-            SinkConfig::Twilio(config) => Box::new(twilio::Twilio::new(config)?),
-            SinkConfig::Irc(config) => Box::new(irc::Irc::new(config)?),
-        })
-    }
 }
 
 /// Deserializes an optional humane duration (see [`deserialize_duration`]).
@@ -208,4 +262,23 @@ pub fn deserialize_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration,
             "invalid duration {text:?}: {e} (e.g. \"30s\", \"25m\", \"1h\")"
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registered_type_is_unique_and_has_fixtures() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9));
+        for (index, type_name) in SinkConfig::TYPES.iter().enumerate() {
+            assert!(
+                !SinkConfig::TYPES[..index].contains(type_name),
+                "{type_name} twice"
+            );
+            let fixtures = SinkConfig::secret_fixtures(type_name, addr, "MARK").unwrap();
+            assert!(!fixtures.is_empty(), "{type_name}");
+        }
+        assert!(SinkConfig::secret_fixtures("carrier-pigeon", addr, "MARK").is_none());
+    }
 }

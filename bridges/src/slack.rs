@@ -20,6 +20,7 @@
 //! - Bot mode reads the body: HTTP 200 with `"ok": false` is a failure \[SL-WEB\]; only
 //!   rate-limit and internal errors are retried \[SL-APIREF\].
 
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
@@ -29,7 +30,7 @@ use serde_json::{json, Value};
 
 use crate::http::{self, Endpoint};
 use crate::ratelimit::{self, Rate, RateSetting};
-use crate::sink::{deserialize_duration, DeliverFuture};
+use crate::sink::{deserialize_duration, DeliverFuture, Fixture, SinkKind};
 use crate::template::Template;
 use crate::text::{fit_chars, one_line};
 use crate::{present, Alert, Outcome, Secret, Severity, Sink, SinkError};
@@ -124,9 +125,15 @@ impl Config {
             }),
         }
     }
+}
+
+impl SinkKind for Config {
+    const TYPE: &'static str = "slack";
+
+    type Sink = Slack;
 
     /// Checks the mode, URLs and token without sending anything.
-    pub fn validate(&self) -> Result<(), SinkError> {
+    fn validate(&self) -> Result<(), SinkError> {
         match self.mode()? {
             Mode::Webhook(url) => {
                 crate::webhook::http_url("webhook_url", url)?;
@@ -144,12 +151,28 @@ impl Config {
     }
 
     /// The request body for `alert`, as sent (the token travels in a header, not here).
-    pub fn render(&self, alert: &Alert) -> Value {
+    fn render(&self, alert: &Alert) -> Value {
         let channel = match self.mode() {
             Ok(Mode::Bot { channel, .. }) => Some(channel),
             _ => None,
         };
         payload(alert, channel, self.template.as_ref())
+    }
+
+    fn build(&self) -> Result<Slack, SinkError> {
+        Slack::new(self)
+    }
+
+    /// An incoming webhook and a bot token.
+    fn secret_fixtures(base_url: &str, _addr: SocketAddr, mark: &str) -> Vec<Fixture> {
+        let url = format!("{base_url}/services/T000/B000/{mark}slack");
+        let token = format!("xoxb-{mark}bot");
+        [
+            json!({"webhook_url": url, "rate_limit": "off"}),
+            json!({"token": token, "channel": "C1", "api_url": format!("{base_url}/api"), "rate_limit": "off"}),
+        ]
+        .map(Fixture::secret)
+        .into()
     }
 }
 

@@ -24,17 +24,22 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use reqwest::header::{HeaderMap, CONTENT_TYPE};
 use reqwest::StatusCode;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::http::{self, Endpoint, TransportFailure};
 use crate::ratelimit::{self, RateSetting};
-use crate::sink::{deserialize_duration, deserialize_optional_duration, DeliverFuture};
+use crate::sink::{
+    deserialize_duration, deserialize_optional_duration, DeliverFuture, Fixture, SinkKind,
+};
 use crate::sms::{self, Encoding};
 use crate::template::Template;
 use crate::text::one_line;
@@ -144,9 +149,13 @@ fn invalid(key: &'static str, message: impl Into<String>) -> SinkError {
     }
 }
 
-impl Config {
+impl SinkKind for Config {
+    const TYPE: &'static str = "twilio";
+
+    type Sink = Twilio;
+
     /// Checks SIDs, credentials, sender, recipients and limits without sending anything.
-    pub fn validate(&self) -> Result<(), SinkError> {
+    fn validate(&self) -> Result<(), SinkError> {
         if !is_sid(&self.account_sid, "AC") {
             return Err(invalid(
                 "account_sid",
@@ -210,6 +219,52 @@ impl Config {
         Ok(())
     }
 
+    /// The form fields sent to each recipient, as JSON objects (one per `to` entry).
+    fn render(&self, alert: &Alert) -> Value {
+        let body = text(alert, self.max_chars, self.encoding, self.template.as_ref());
+        Value::Array(
+            self.to
+                .iter()
+                .map(|to| {
+                    let fields: serde_json::Map<String, Value> = self
+                        .form(&body, to)
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), Value::String(v)))
+                        .collect();
+                    Value::Object(fields)
+                })
+                .collect(),
+        )
+    }
+
+    fn build(&self) -> Result<Twilio, SinkError> {
+        Twilio::new(self)
+    }
+
+    /// An auth token and an API key, each with its HTTP Basic credentials.
+    fn secret_fixtures(base_url: &str, _addr: SocketAddr, mark: &str) -> Vec<Fixture> {
+        const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
+        const KEY: &str = "SK0123456789abcdef0123456789abcdef";
+        let (from, to) = ("+14155550000", ["+14155552345"]);
+        let basic = |user: &str, password: &str| STANDARD.encode(format!("{user}:{password}"));
+        let token = format!("{mark}twilio");
+        let key_secret = format!("{mark}twiliokey");
+        vec![
+            Fixture::Secret {
+                encoded: vec![basic(ACCOUNT, &token)],
+                table: json!({"account_sid": ACCOUNT, "auth_token": token,
+                              "from": from, "to": to, "api_base": base_url}),
+            },
+            Fixture::Secret {
+                encoded: vec![basic(KEY, &key_secret)],
+                table: json!({"account_sid": ACCOUNT, "api_key_sid": KEY, "api_key_secret": key_secret,
+                              "from": from, "to": to, "api_base": base_url}),
+            },
+        ]
+    }
+}
+
+impl Config {
     /// The Basic-auth pair: API key when given, else account SID and auth token.
     fn credentials(&self) -> Result<(&str, &Secret), SinkError> {
         match (&self.auth_token, &self.api_key_sid, &self.api_key_secret) {
@@ -242,24 +297,6 @@ impl Config {
             self.account_sid
         );
         crate::webhook::http_url("api_base", &Secret::new(url))
-    }
-
-    /// The form fields sent to each recipient, as JSON objects (one per `to` entry).
-    pub fn render(&self, alert: &Alert) -> Value {
-        let body = text(alert, self.max_chars, self.encoding, self.template.as_ref());
-        Value::Array(
-            self.to
-                .iter()
-                .map(|to| {
-                    let fields: serde_json::Map<String, Value> = self
-                        .form(&body, to)
-                        .into_iter()
-                        .map(|(k, v)| (k.to_owned(), Value::String(v)))
-                        .collect();
-                    Value::Object(fields)
-                })
-                .collect(),
-        )
     }
 
     /// The form fields of one request.

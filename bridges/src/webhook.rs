@@ -20,6 +20,7 @@
 //! header values nor the secret appear in an outcome or a log line.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -29,7 +30,7 @@ use sha2::{Digest, Sha256};
 
 use crate::http::{self, Endpoint};
 use crate::ratelimit::{self, RateSetting};
-use crate::sink::{deserialize_duration, DeliverFuture};
+use crate::sink::{deserialize_duration, DeliverFuture, Fixture, SinkKind};
 use crate::{Alert, Secret, Sink, SinkError};
 
 /// The shortest signing key accepted: Standard Webhooks asks for at least 24 bytes (192
@@ -65,9 +66,13 @@ fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
-impl Config {
+impl SinkKind for Config {
+    const TYPE: &'static str = "webhook";
+
+    type Sink = Webhook;
+
     /// Checks the URL, headers and secret without sending anything.
-    pub fn validate(&self) -> Result<(), SinkError> {
+    fn validate(&self) -> Result<(), SinkError> {
         http_url("url", &self.url)?;
         for (name, value) in &self.headers {
             reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
@@ -87,6 +92,23 @@ impl Config {
             signing_key(secret)?;
         }
         Ok(())
+    }
+
+    /// The request body for `alert`: [`payload`].
+    fn render(&self, alert: &Alert) -> serde_json::Value {
+        payload(alert)
+    }
+
+    fn build(&self) -> Result<Webhook, SinkError> {
+        Webhook::new(self)
+    }
+
+    fn secret_fixtures(base_url: &str, _addr: SocketAddr, mark: &str) -> Vec<Fixture> {
+        vec![Fixture::secret(serde_json::json!({
+            "url": format!("{base_url}/hook?token={mark}url"),
+            "headers": {"Authorization": format!("Bearer {mark}hdr")},
+            "secret": format!("{mark}-signing-key-0123456789abcdef"),
+        }))]
     }
 }
 

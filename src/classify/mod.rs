@@ -395,6 +395,8 @@ pub fn classify(message: &Message) -> Alert {
             .take(Alert::BODY_EXCERPT_CHARS)
             .collect(),
         truncated: message.truncated,
+        account: None,
+        mailbox: None,
         resolve: false,
     }
 }

@@ -32,6 +32,7 @@
 //!
 //! Secrets (`PASS`, `AUTHENTICATE` lines) are never logged: no outgoing line is.
 
+use crate::backoff::Backoff;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -200,18 +201,6 @@ pub fn alternate_nick(nick: &str, attempt: u32) -> String {
     }
 }
 
-/// The wait before reconnect attempt `failures` (0-based): a uniformly random point between
-/// `min` and `min × 2^failures` capped at `max` ("full jitter" with a floor, so a flapping
-/// server is never hammered and many herald instances do not reconnect in lockstep).
-pub fn backoff(failures: u32, min: Duration, max: Duration) -> Duration {
-    let cap = min
-        .saturating_mul(2u32.saturating_pow(failures.min(20)))
-        .min(max)
-        .max(min);
-    let span = cap.saturating_sub(min);
-    min + span.mul_f64(fastrand::f64())
-}
-
 /// Runs the connection until every sender is dropped or [`Command::Quit`] arrives.
 pub async fn run(
     settings: Arc<Settings>,
@@ -235,7 +224,7 @@ pub async fn run(
             }
             End::Lost(reason) => reason,
         };
-        let delay = backoff(failures, settings.reconnect_min, settings.reconnect_max);
+        let delay = Backoff::new(settings.reconnect_min, settings.reconnect_max).delay(failures);
         failures = failures.saturating_add(1);
         tracing::warn!(
             sink = "irc",
@@ -912,18 +901,5 @@ mod tests {
         assert_eq!(alternate_nick("herald", 9), "herald_9");
         let longest = alternate_nick("h", NICK_ATTEMPTS - 1).len() - 1;
         assert!(longest <= NICK_SUFFIX_BYTES);
-    }
-
-    #[test]
-    fn backoff_is_capped_and_jittered() {
-        let min = Duration::from_secs(1);
-        let max = Duration::from_secs(120);
-        for failures in 0..40 {
-            let d = backoff(failures, min, max);
-            assert!(d >= min && d <= max, "{failures}: {d:?}");
-        }
-        assert_eq!(backoff(0, min, max), min);
-        let spread: BTreeSet<u128> = (0..50).map(|_| backoff(6, min, max).as_millis()).collect();
-        assert!(spread.len() > 10, "jittered");
     }
 }

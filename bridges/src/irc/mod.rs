@@ -36,6 +36,7 @@ pub mod lines;
 pub mod transport;
 pub mod wire;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,7 +48,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use self::conn::{Channel, Command, Job, Settings, Status};
 use self::lines::{Identity, Style};
 use crate::ratelimit::Rate;
-use crate::sink::{deserialize_duration, CloseFuture, DeliverFuture};
+use crate::sink::{deserialize_duration, CloseFuture, DeliverFuture, Fixture, SinkKind};
 use crate::{Alert, Outcome, Secret, Sink, SinkError};
 
 /// IRC over TLS \[MIRC\].
@@ -259,9 +260,15 @@ impl Config {
             max_lines: self.max_lines,
         }
     }
+}
+
+impl SinkKind for Config {
+    const TYPE: &'static str = "irc";
+
+    type Sink = Irc;
 
     /// Checks every value without I/O; errors never contain a secret's value.
-    pub fn validate(&self) -> Result<(), SinkError> {
+    fn validate(&self) -> Result<(), SinkError> {
         let server = self.server.trim();
         if server.is_empty()
             || server.contains(|c: char| c.is_whitespace() || c.is_control() || c == '/')
@@ -380,7 +387,7 @@ impl Config {
     /// What delivery sends for `alert` (pure, for `herald classify --render`): the command,
     /// the channels and the message texts, split for the longest prefix herald could have
     /// (once connected the real prefix is known and lines may be longer).
-    pub fn render(&self, alert: &Alert) -> Value {
+    fn render(&self, alert: &Alert) -> Value {
         let style = self.style();
         let longest = self
             .channels
@@ -396,6 +403,26 @@ impl Config {
         })
     }
 
+    fn build(&self) -> Result<Irc, SinkError> {
+        Irc::new(self)
+    }
+
+    /// A server password, SASL and a channel key, over plain TCP.
+    fn secret_fixtures(_base_url: &str, addr: SocketAddr, mark: &str) -> Vec<Fixture> {
+        vec![Fixture::secret(json!({
+            "server": addr.ip().to_string(),
+            "port": addr.port(),
+            "tls": false,
+            "password": format!("{mark}pass"),
+            "sasl_username": "bot",
+            "sasl_password": format!("{mark}sasl"),
+            "channels": [{"name": "#ops", "key": format!("{mark}key")}],
+            "timeout": "1s",
+        }))]
+    }
+}
+
+impl Config {
     /// The longest prefix herald may have: a fallback nick, the longer of `username` and
     /// the default USERLEN (the server may prepend `~`), the longest host.
     fn worst_identity(&self) -> Identity {

@@ -15,99 +15,41 @@
 //! - rejected, or still undelivered `max_age` after the alert was stored: `dead` — logged at
 //!   ERROR and announced through the `[defaults] fallback` sink in the same transaction.
 //!
-//! Rows confirmed within a batch are recorded together at its end (one fsync per batch, not
-//! per alert); a crash in between repeats at most that batch's confirmed deliveries.
+//! Each delivery is recorded as soon as its sink answered: a confirmed one is `sent` before
+//! the next is attempted, so a crash repeats at most the one delivery in flight.
+//!
+//! A dead letter's notice is an ordinary alert routed to the fallback sink: it is committed
+//! with the dead row and handed to dispatch, which writes its rows like any other alert's.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use herald_bridges::{Alert, Kind, Outcome, Severity, Sink};
+use herald_bridges::backoff::Backoff;
+use herald_bridges::{Outcome, Sink};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::DeliveryPolicy;
+use crate::dispatch::Fanout;
 use crate::metrics::{self, Metrics};
-use crate::store::{now_ms, Destination, Due, Store};
+use crate::store::{now_ms, Due, OutboxStore, Routed};
 
-/// Rows read per batch.
+mod notice;
+
+/// Rows claimed per batch: enough to keep a fast sink busy, few enough that a shutdown or a
+/// failure returns little to `pending`.
 const BATCH: usize = 32;
 
 /// How often an idle worker looks at the outbox even when not woken: `herald outbox retry`
 /// (another process) changes rows without waking it.
 const IDLE_RECHECK: Duration = Duration::from_secs(5);
 
-/// What the mailbox needs to know of the sinks: each sink's targets, to write one outbox row
-/// per destination, and a wake-up signal per sink, to tell its worker that rows were committed.
-#[derive(Debug, Clone, Default)]
-pub struct Fanout(Arc<HashMap<String, Outlet>>);
-
-#[derive(Debug, Default)]
-struct Outlet {
-    targets: Vec<String>,
-    wake: Arc<Notify>,
-}
-
-impl Fanout {
-    /// From each sink's name and targets.
-    pub fn new(sinks: impl IntoIterator<Item = (String, Vec<String>)>) -> Fanout {
-        Fanout(Arc::new(
-            sinks
-                .into_iter()
-                .map(|(name, targets)| {
-                    let outlet = Outlet {
-                        targets,
-                        wake: Arc::default(),
-                    };
-                    (name, outlet)
-                })
-                .collect(),
-        ))
-    }
-
-    /// Every destination of the named sinks, in order.
-    pub fn destinations(&self, sinks: &[String]) -> Vec<Destination> {
-        sinks
-            .iter()
-            .filter_map(|sink| self.0.get(sink).map(|outlet| (sink, outlet)))
-            .flat_map(|(sink, outlet)| {
-                outlet.targets.iter().map(|target| Destination {
-                    sink: sink.clone(),
-                    target: target.clone(),
-                })
-            })
-            .collect()
-    }
-
-    /// Wakes the workers of `sinks`. A worker that is busy keeps the wake-up for later.
-    pub fn wake(&self, sinks: &[String]) {
-        for sink in sinks {
-            if let Some(outlet) = self.0.get(sink) {
-                outlet.wake.notify_one();
-            }
-        }
-    }
-
-    fn signal(&self, sink: &str) -> Arc<Notify> {
-        self.0.get(sink).map(|o| o.wake.clone()).unwrap_or_default()
-    }
-}
-
-/// The delay before retry number `attempt + 1`: uniformly random between `min` and
-/// `min × 2^attempt` capped at `max` ("full jitter" with a floor, so retries of many rows
-/// spread out instead of arriving together, yet never come back at once).
+/// The delay before retry number `attempt + 1` under `policy`.
 pub fn backoff(attempt: u32, policy: &DeliveryPolicy) -> Duration {
-    let min = policy.retry_min.as_millis();
-    let ceiling = min
-        .saturating_mul(1u128 << attempt.min(40))
-        .min(policy.retry_max.as_millis())
-        .max(min);
-    let low = u64::try_from(min).unwrap_or(u64::MAX);
-    let high = u64::try_from(ceiling).unwrap_or(u64::MAX);
-    Duration::from_millis(fastrand::u64(low..=high))
+    Backoff::new(policy.retry_min, policy.retry_max).delay(attempt)
 }
 
 /// Milliseconds since the epoch on tokio's clock: the wall clock at the worker's start plus
@@ -136,42 +78,55 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// What every sink's worker shares.
+#[derive(Clone)]
+pub struct Shared {
+    /// The outbox.
+    pub store: Arc<dyn OutboxStore>,
+    /// Told when a dead letter's notice waits for dispatch.
+    pub dispatch: Arc<Notify>,
+    /// `[defaults] fallback`: the sink that announces dead letters.
+    pub fallback: Option<String>,
+    /// Where outcomes are counted.
+    pub metrics: Arc<Metrics>,
+}
+
 /// Delivers one sink's rows.
 pub struct Worker {
     name: String,
     sink: Arc<dyn Sink>,
-    store: Arc<Store>,
+    store: Arc<dyn OutboxStore>,
     policy: DeliveryPolicy,
-    fanout: Fanout,
     fallback: Option<String>,
     metrics: Arc<Metrics>,
+    /// Notified when there are rows for this sink.
     wake: Arc<Notify>,
+    /// Told when a dead letter's notice waits for dispatch.
+    dispatch: Arc<Notify>,
     clock: Clock,
 }
 
 impl Worker {
-    /// A worker for sink `name`; dead letters are announced through `fallback` (unless that
-    /// is this very sink).
+    /// A worker for sink `name`, woken through `fanout`; dead letters are announced through
+    /// `shared.fallback` (unless that is this very sink).
     pub fn new(
         name: String,
         sink: Arc<dyn Sink>,
-        store: Arc<Store>,
         policy: DeliveryPolicy,
-        fanout: Fanout,
-        fallback: Option<String>,
-        metrics: Arc<Metrics>,
+        fanout: &Fanout,
+        shared: Shared,
     ) -> Worker {
         let wake = fanout.signal(&name);
-        let fallback = fallback.filter(|f| *f != name);
+        let fallback = shared.fallback.filter(|f| *f != name);
         Worker {
             name,
             sink,
-            store,
+            store: shared.store,
             policy,
-            fanout,
             fallback,
-            metrics,
+            metrics: shared.metrics,
             wake,
+            dispatch: shared.dispatch,
             clock: Clock::new(),
         }
     }
@@ -180,9 +135,12 @@ impl Worker {
     /// caller bounds that with its shutdown deadline). Fails only if the store fails.
     pub async fn run(self, stop: CancellationToken) -> Result<()> {
         while !stop.is_cancelled() {
-            let due = self.store.claim(&self.name, self.clock.now_ms(), BATCH)?;
+            let due = self
+                .store
+                .claim(&self.name, self.clock.now_ms(), BATCH)
+                .await?;
             if due.is_empty() {
-                let wait = match self.store.next_due(&self.name)? {
+                let wait = match self.store.next_due(&self.name).await? {
                     Some(at) => {
                         Duration::from_millis(u64::try_from(at - self.clock.now_ms()).unwrap_or(0))
                     }
@@ -195,7 +153,6 @@ impl Worker {
                 }
                 continue;
             }
-            let mut sent = Vec::with_capacity(due.len());
             let mut rows = due.into_iter();
             let mut pause = None;
             for row in rows.by_ref() {
@@ -206,7 +163,7 @@ impl Worker {
                         row.attempts
                     );
                     self.metrics.delivery(&self.name, metrics::Outcome::Expired);
-                    self.dead_letter(&row, false, &reason)?;
+                    self.dead_letter(&row, false, &reason).await?;
                     continue;
                 }
                 let outcome = self.sink.deliver_to(&row.alert, &row.target).await;
@@ -219,32 +176,32 @@ impl Worker {
                         let age = self.clock.now_ms().saturating_sub(row.created_at);
                         self.metrics
                             .delivery_latency(&self.name, age as f64 / 1000.0);
-                        sent.push(row.id);
+                        self.store.mark_sent(row.id).await?;
                     }
                     Outcome::Retry { after, reason } => {
                         let delay = after.unwrap_or_else(|| backoff(row.attempts, &self.policy));
                         warn!(sink = %self.name, id = row.id, attempt = row.attempts + 1, error = %reason, retry_in = ?delay, "Delivery failed, will retry.");
-                        self.store.mark_retry(
-                            row.id,
-                            self.clock.now_ms().saturating_add(ms(delay)),
-                            &reason,
-                        )?;
+                        self.store
+                            .mark_retry(
+                                row.id,
+                                self.clock.now_ms().saturating_add(ms(delay)),
+                                reason,
+                            )
+                            .await?;
                         pause = Some(delay);
                         break;
                     }
                     Outcome::Rejected { reason } => {
                         self.metrics
                             .delivery(&self.name, metrics::Outcome::Rejected);
-                        self.dead_letter(&row, true, &reason)?;
+                        self.dead_letter(&row, true, &reason).await?;
                     }
                 }
                 if stop.is_cancelled() {
                     break;
                 }
             }
-            self.store.mark_sent(&sent)?;
-            self.store
-                .release(&rows.map(|row| row.id).collect::<Vec<_>>())?;
+            self.store.release(rows.map(|row| row.id).collect()).await?;
             if let Some(delay) = pause {
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
@@ -256,95 +213,45 @@ impl Worker {
     }
 
     /// Gives a row up, loudly: an ERROR line, and a notice through the fallback sink.
-    fn dead_letter(&self, row: &Due, attempted: bool, reason: &str) -> Result<()> {
+    async fn dead_letter(&self, row: &Due, attempted: bool, reason: &str) -> Result<()> {
         error!(sink = %self.name, id = row.id, target = %row.target, error = %reason, title = %row.alert.title, "Alert dead-lettered: it will not be delivered to this sink.");
         self.metrics.dead_letter(&self.name);
-        let notice = self.fallback.as_ref().map(|fallback| {
-            let alert = dead_letter_notice(&self.name, row, reason);
-            let destinations = self.fanout.destinations(std::slice::from_ref(fallback));
-            (alert, destinations)
+        let notice = self.fallback.as_ref().map(|fallback| Routed {
+            alert: notice::dead_letter(&self.name, row, reason),
+            sinks: vec![fallback.clone()],
         });
-        self.store.mark_dead(
-            row.id,
-            attempted,
-            reason,
-            notice.as_ref().map(|(alert, to)| (alert, to.as_slice())),
-        )?;
-        if let Some(fallback) = &self.fallback {
-            self.fanout.wake(std::slice::from_ref(fallback));
+        let announced = notice.is_some();
+        self.store
+            .mark_dead(row.id, attempted, reason.to_owned(), notice)
+            .await?;
+        if announced {
+            self.dispatch.notify_one();
         }
         Ok(())
-    }
-}
-
-/// The alert that announces a dead letter through the fallback sink.
-fn dead_letter_notice(sink: &str, row: &Due, reason: &str) -> Alert {
-    let original = &row.alert;
-    let mut facts = std::collections::BTreeMap::new();
-    facts.insert("dead_sink".into(), serde_json::json!(sink));
-    facts.insert("dead_row".into(), serde_json::json!(row.id));
-    facts.insert("original_title".into(), serde_json::json!(original.title));
-    facts.insert(
-        "original_dedup_key".into(),
-        serde_json::json!(original.dedup_key),
-    );
-    facts.insert("reason".into(), serde_json::json!(reason));
-    Alert {
-        message_id: None,
-        kind: Kind::Other,
-        host: original.host.clone(),
-        user: None,
-        command: None,
-        failed: Some(true),
-        exit_status: None,
-        severity: Severity::Critical,
-        rule: None,
-        title: herald_bridges::text::truncate(
-            &format!("herald could not deliver to {sink}: {}", original.title),
-            300,
-        ),
-        summary: herald_bridges::text::truncate(reason, 500),
-        dedup_key: format!("herald:dead-letter:{sink}:{}", original.dedup_key),
-        facts,
-        subject: String::new(),
-        from: None,
-        date: None,
-        body: format!(
-            "`herald outbox list` shows the row; `herald outbox retry {}` sends it again.",
-            row.id
-        ),
-        truncated: false,
-        resolve: false,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Processed;
+    use crate::store::testing;
+    use crate::store::{RowState, Store};
     use herald_bridges::sink::DeliverFuture;
+    use herald_bridges::{Alert, Severity};
     use std::sync::Mutex;
 
     #[test]
-    fn backoff_doubles_from_min_to_max_with_jitter() {
+    fn backoff_follows_the_sink_policy() {
         let policy = DeliveryPolicy {
-            retry_min: Duration::from_secs(1),
-            retry_max: Duration::from_secs(300),
+            retry_min: Duration::from_secs(3),
+            retry_max: Duration::from_secs(10),
             max_age: Duration::from_secs(3600),
         };
-        for attempt in 0..50 {
-            let ceiling = Duration::from_secs((1u64 << attempt.min(20)).min(300));
-            for _ in 0..20 {
-                let d = backoff(attempt, &policy);
-                assert!(
-                    d >= policy.retry_min && d <= ceiling,
-                    "attempt {attempt}: {d:?}"
-                );
-            }
+        assert_eq!(backoff(0, &policy), policy.retry_min);
+        for attempt in 0..40 {
+            let d = backoff(attempt, &policy);
+            assert!(d >= policy.retry_min && d <= policy.retry_max, "{d:?}");
         }
-        // Jitter: the delays of one attempt are not all equal.
-        let delays: std::collections::HashSet<_> = (0..50).map(|_| backoff(8, &policy)).collect();
-        assert!(delays.len() > 10);
     }
 
     /// A sink that answers from a script and records when it was called.
@@ -367,24 +274,13 @@ mod tests {
         }
     }
 
-    fn setup(
+    async fn setup(
         script: Vec<Outcome>,
         policy: DeliveryPolicy,
         fallback: bool,
-    ) -> (tempfile::TempDir, Arc<Store>, Arc<Scripted>, Worker) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&dir.path().join("h.db")).unwrap());
-        let alert = Alert::sample();
-        let to = [Destination {
-            sink: "s".into(),
-            target: String::new(),
-        }];
-        let batch = [Processed {
-            uid: 1,
-            content_key: "k1",
-            delivery: Some((&alert, &to[..])),
-        }];
-        store.commit_batch("INBOX", 1, &batch, 1, false).unwrap();
+    ) -> (tempfile::TempDir, Arc<dyn Store>, Arc<Scripted>, Worker) {
+        let (dir, store) = testing::store().await;
+        testing::put(&*store, 1, &[1], &["s"]).await;
         let sink = Arc::new(Scripted {
             script: Mutex::new(script),
             calls: Mutex::default(),
@@ -393,15 +289,13 @@ mod tests {
             ("s".to_string(), vec![String::new()]),
             ("fb".to_string(), vec![String::new()]),
         ]);
-        let worker = Worker::new(
-            "s".into(),
-            sink.clone(),
-            store.clone(),
-            policy,
-            fanout,
-            fallback.then(|| "fb".to_string()),
-            Metrics::new(),
-        );
+        let shared = Shared {
+            store: store.clone(),
+            dispatch: Arc::new(Notify::new()),
+            fallback: fallback.then(|| "fb".to_string()),
+            metrics: Metrics::new(),
+        };
+        let worker = Worker::new("s".into(), sink.clone(), policy, &fanout, shared);
         (dir, store, sink, worker)
     }
 
@@ -409,8 +303,8 @@ mod tests {
     /// `settle` more, then stops it.
     async fn run_until(
         worker: Worker,
-        store: &Store,
-        state: &str,
+        store: &dyn Store,
+        state: RowState,
         limit: Duration,
         settle: Duration,
     ) {
@@ -418,16 +312,16 @@ mod tests {
         let task = tokio::spawn(worker.run(stop.clone()));
         tokio::time::timeout(limit, until(store, state))
             .await
-            .expect(state);
+            .unwrap_or_else(|_| panic!("never reached {state}"));
         tokio::time::sleep(settle).await;
         stop.cancel();
         task.await.unwrap().unwrap();
     }
 
-    async fn until(store: &Store, state: &str) {
+    async fn until(store: &dyn Store, state: RowState) {
         loop {
-            let rows = store.unsent().unwrap();
-            if (state == "sent" && rows.iter().all(|r| r.sink != "s"))
+            let rows = store.unsent().await.unwrap();
+            if (state == RowState::Sent && rows.iter().all(|r| r.sink != "s"))
                 || rows.iter().any(|r| r.sink == "s" && r.state == state)
             {
                 return;
@@ -442,11 +336,12 @@ mod tests {
             after: Some(Duration::from_secs(7)),
             reason: "HTTP 429".into(),
         };
-        let (_dir, store, sink, worker) = setup(vec![retry], DeliveryPolicy::default(), false);
+        let (_dir, store, sink, worker) =
+            setup(vec![retry], DeliveryPolicy::default(), false).await;
         run_until(
             worker,
-            &store,
-            "sent",
+            &*store,
+            RowState::Sent,
             Duration::from_secs(60),
             Duration::from_secs(0),
         )
@@ -472,11 +367,11 @@ mod tests {
             max_age: Duration::from_secs(86400),
         };
         let (_dir, store, sink, worker) =
-            setup(vec![fail(), fail(), fail(), fail(), fail()], policy, false);
+            setup(vec![fail(), fail(), fail(), fail(), fail()], policy, false).await;
         run_until(
             worker,
-            &store,
-            "sent",
+            &*store,
+            RowState::Sent,
             Duration::from_secs(3600),
             Duration::from_secs(0),
         )
@@ -502,11 +397,12 @@ mod tests {
             retry_max: Duration::from_secs(300),
             max_age: Duration::from_secs(60),
         };
-        let (_dir, store, sink, worker) = setup((0..10).map(|_| fail()).collect(), policy, true);
+        let (_dir, store, sink, worker) =
+            setup((0..10).map(|_| fail()).collect(), policy, true).await;
         run_until(
             worker,
-            &store,
-            "dead",
+            &*store,
+            RowState::Dead,
             Duration::from_secs(600),
             Duration::from_secs(0),
         )
@@ -515,7 +411,8 @@ mod tests {
             sink.calls.lock().unwrap().len() <= 4,
             "attempts stop at max_age"
         );
-        let notice = store.claim("fb", i64::MAX, 10).unwrap();
+        testing::dispatch_all(&*store).await;
+        let notice = store.claim("fb", i64::MAX, 10).await.unwrap();
         assert_eq!(notice.len(), 1);
         assert!(
             notice[0]
@@ -536,11 +433,12 @@ mod tests {
             }],
             DeliveryPolicy::default(),
             false,
-        );
+        )
+        .await;
         run_until(
             worker,
-            &store,
-            "dead",
+            &*store,
+            RowState::Dead,
             Duration::from_secs(60),
             Duration::from_secs(600),
         )

@@ -24,6 +24,8 @@
 //! | `command` | `command = "/usr/local/bin/*"` | glob, case-sensitive, on the cron / sudo command |
 //! | `from` | `from = "*@example.net"` | glob, case-insensitive, on the `From` address (`user@domain`, no display name) |
 //! | `to` | `to = "root@*"` | glob, case-insensitive: any one `To` address matches |
+//! | `account` | `account = "hub"` | glob, case-sensitive, on the IMAP account's name (`default` for a lone unnamed `[imap]`) |
+//! | `mailbox` | `mailbox = "Cron"` | glob, case-sensitive, on the folder the mail was found in |
 //! | `subject` | `subject = "(?i)^logwatch for"` | regex (Rust `regex` syntax, unanchored, case-sensitive unless `(?i)`) finds a match in the decoded subject |
 //! | `body` | `body = "No space left"` | regex finds a match in the decoded body text (its first 64 KiB) |
 //! | `header.NAME` | `"header.X-Mailer" = "^smartd"` or `header = { X-Mailer = "^smartd" }` | regex: any header called NAME (case-insensitive name) has a matching value |
@@ -75,7 +77,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::classify::Message;
-use crate::config::{ConfigError, Locate};
+use crate::error::{ConfigError, Locate};
 
 /// A rendered title's limit: one line a person reads at a glance; sinks cut further for their
 /// medium (Slack headers stop at 150).
@@ -119,6 +121,8 @@ struct RawMatch {
     command: Option<Spanned<Values>>,
     from: Option<Spanned<Values>>,
     to: Option<Spanned<Values>>,
+    account: Option<Spanned<Values>>,
+    mailbox: Option<Spanned<Values>>,
     subject: Option<Spanned<Values>>,
     body: Option<Spanned<Values>>,
     severity: Option<Spanned<Values>>,
@@ -135,6 +139,8 @@ const MATCH_KEYS: &[&str] = &[
     "command",
     "from",
     "to",
+    "account",
+    "mailbox",
     "subject",
     "body",
     "header.NAME",
@@ -160,6 +166,8 @@ impl<'de> Deserialize<'de> for RawMatch {
                         "command" => &mut raw.command,
                         "from" => &mut raw.from,
                         "to" => &mut raw.to,
+                        "account" => &mut raw.account,
+                        "mailbox" => &mut raw.mailbox,
                         "subject" => &mut raw.subject,
                         "body" => &mut raw.body,
                         "severity" => &mut raw.severity,
@@ -428,6 +436,8 @@ enum Test {
     Command(Patterns),
     From(Patterns),
     To(Patterns),
+    Account(Patterns),
+    Mailbox(Patterns),
     /// The header name as written, compared case-insensitively.
     Header(String, Patterns),
     Subject(Patterns),
@@ -455,6 +465,8 @@ impl Condition {
             Test::Command(p) => alert.command.as_deref().is_some_and(|v| p.is_match(v)),
             Test::From(p) => message.from.as_deref().is_some_and(|v| p.is_match(v)),
             Test::To(p) => message.to.iter().any(|v| p.is_match(v)),
+            Test::Account(p) => alert.account.as_deref().is_some_and(|v| p.is_match(v)),
+            Test::Mailbox(p) => alert.mailbox.as_deref().is_some_and(|v| p.is_match(v)),
             Test::Header(name, p) => message
                 .headers
                 .iter()
@@ -475,6 +487,8 @@ impl Condition {
             Test::Command(_) => "command".into(),
             Test::From(_) => "from".into(),
             Test::To(_) => "to".into(),
+            Test::Account(_) => "account".into(),
+            Test::Mailbox(_) => "mailbox".into(),
             Test::Header(name, _) => format!("header.{name}"),
             Test::Subject(_) => "subject".into(),
             Test::Body(_) => "body".into(),
@@ -497,6 +511,8 @@ impl Condition {
             Test::User(_) => quote(alert.user.as_deref()),
             Test::Command(_) => quote(alert.command.as_deref()),
             Test::From(_) => quote(message.from.as_deref()),
+            Test::Account(_) => quote(alert.account.as_deref()),
+            Test::Mailbox(_) => quote(alert.mailbox.as_deref()),
             Test::To(_) if message.to.is_empty() => "no recipients".to_owned(),
             Test::To(_) => {
                 let all: Vec<String> = message.to.iter().map(|t| quote(Some(t))).collect();
@@ -726,12 +742,16 @@ impl RawMatch {
             });
         }
         type Build = fn(Patterns) -> Test;
-        let globs: [(&str, &Option<Spanned<Values>>, bool, Build); 5] = [
+        let globs: [(&str, &Option<Spanned<Values>>, bool, Build); 7] = [
             ("host", &self.host, true, Test::Host),
             ("user", &self.user, false, Test::User),
             ("command", &self.command, false, Test::Command),
             ("from", &self.from, true, Test::From),
             ("to", &self.to, true, Test::To),
+            // Account names are herald's own; folder names are the server's, case-sensitive
+            // (RFC 3501 §5.1) except INBOX, which herald's config spells as the server does.
+            ("account", &self.account, false, Test::Account),
+            ("mailbox", &self.mailbox, false, Test::Mailbox),
         ];
         for (name, value, case_insensitive, build) in globs {
             let Some(value) = value else { continue };
@@ -923,17 +943,21 @@ impl Router {
         }
     }
 
-    /// Parses, classifies and routes one message; `truncated` says `raw` is only its start.
-    pub fn decide(&self, raw: &[u8], truncated: bool) -> Decision {
-        let message = crate::classify::parse(raw, truncated);
-        let alert = crate::classify::classify(&message);
+    /// Parses, classifies and routes one message; `truncated` says `raw` is only its start,
+    /// `origin` is the `(account, folder)` it was found in (none for a file).
+    pub fn decide(&self, raw: &[u8], truncated: bool, origin: Option<(&str, &str)>) -> Decision {
+        let (message, alert) = classified(raw, truncated, origin);
         route(&self.rules, &self.default_sinks, &message, alert)
     }
 
     /// [`Router::decide`], and what each rule made of the message (`classify --explain`).
-    pub fn explain(&self, raw: &[u8], truncated: bool) -> (Decision, Vec<RuleTrace>) {
-        let message = crate::classify::parse(raw, truncated);
-        let alert = crate::classify::classify(&message);
+    pub fn explain(
+        &self,
+        raw: &[u8],
+        truncated: bool,
+        origin: Option<(&str, &str)>,
+    ) -> (Decision, Vec<RuleTrace>) {
+        let (message, alert) = classified(raw, truncated, origin);
         let mut trace = Vec::with_capacity(self.rules.len());
         let decision = evaluate(
             &self.rules,
@@ -944,6 +968,17 @@ impl Router {
         );
         (decision, trace)
     }
+}
+
+/// The parsed message and its alert, which carries where the message was found.
+fn classified(raw: &[u8], truncated: bool, origin: Option<(&str, &str)>) -> (Message, Alert) {
+    let message = crate::classify::parse(raw, truncated);
+    let mut alert = crate::classify::classify(&message);
+    if let Some((account, folder)) = origin {
+        alert.account = Some(account.to_owned());
+        alert.mailbox = Some(folder.to_owned());
+    }
+    (message, alert)
 }
 
 /// Applies `rules` to `alert`.

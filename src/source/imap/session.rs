@@ -1,0 +1,323 @@
+//! One IMAP session's mechanics: connect (implicit TLS, STARTTLS or plain), log in, select,
+//! IDLE, and every command under the configured timeout.
+//!
+//! A session whose command was cut short may be mid-response, so every failure here is
+//! returned, never recovered in place: the caller drops the session and makes a new one.
+//! IDLE is left through async-imap's interrupt, never by dropping its future (chatmail's
+//! lesson, style.md §10).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _, Result};
+use async_imap::extensions::idle::IdleResponse;
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::{drain_for_new_mail, SessionError};
+use crate::config::{ImapConfig, TlsMode};
+use crate::error::chain;
+use crate::metrics::SessionHealth;
+use crate::store::MailboxId;
+
+/// A byte stream IMAP can run over: plain TCP or TLS.
+pub(super) trait ImapStream: AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug> ImapStream for T {}
+
+/// A logged-in session.
+pub(super) type Session = async_imap::Session<Box<dyn ImapStream>>;
+
+/// How to reach and talk to the server: connection, login, commands under timeouts.
+pub(super) struct Imap {
+    /// The account's settings.
+    pub(super) config: ImapConfig,
+    /// The folder this session selects.
+    pub(super) folder: String,
+    /// `account/folder`, for log lines.
+    label: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// Where this session's health is reported (readiness, `herald_imap_*`).
+    pub(super) health: Arc<SessionHealth>,
+}
+
+/// What the server told us at SELECT.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Selected {
+    /// The folder's UIDVALIDITY.
+    pub(super) uidvalidity: u32,
+    /// The UID the next message will get.
+    pub(super) uidnext: u32,
+}
+
+impl Imap {
+    /// How to reach `folder` with `config`; reads the TLS roots now.
+    pub(super) fn new(
+        config: ImapConfig,
+        mailbox: &MailboxId,
+        health: Arc<SessionHealth>,
+    ) -> Result<Self> {
+        let tls = match *config.tls.get_ref() {
+            TlsMode::None => None,
+            TlsMode::Implicit | TlsMode::Starttls => Some(
+                herald_bridges::tls::client_config(config.ca_file.as_deref())
+                    .map_err(anyhow::Error::msg)?,
+            ),
+        };
+        Ok(Imap {
+            config,
+            folder: mailbox.folder.clone(),
+            label: mailbox.to_string(),
+            tls,
+            health,
+        })
+    }
+
+    /// Connects, secures and logs in.
+    pub(super) async fn connect(&self) -> Result<Session, SessionError> {
+        let address = (self.config.host.as_str(), self.config.port());
+        let tcp = timeout(self.config.timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "connecting to {}:{} timed out",
+                    self.config.host,
+                    self.config.port()
+                )
+            })?
+            .with_context(|| {
+                format!(
+                    "cannot connect to {}:{}",
+                    self.config.host,
+                    self.config.port()
+                )
+            })?;
+        // IDLE notifications and small commands: send each write at once.
+        tcp.set_nodelay(true).context("cannot set TCP_NODELAY")?;
+        let client = match *self.config.tls.get_ref() {
+            TlsMode::Implicit => {
+                let stream = self.handshake(tcp).await?;
+                let mut client = async_imap::Client::new(stream);
+                self.greeting(&mut client).await?;
+                client
+            }
+            TlsMode::Starttls => {
+                let mut plain = async_imap::Client::new(Box::new(tcp) as Box<dyn ImapStream>);
+                self.greeting(&mut plain).await?;
+                self.command(plain.run_command_and_check_ok("STARTTLS", None))
+                    .await
+                    .map_err(|e| match e {
+                        SessionError::Imap(error) => {
+                            SessionError::Imap(error.context("the server refused STARTTLS"))
+                        }
+                        fatal => fatal,
+                    })?;
+                let tcp = plain.into_inner();
+                let stream = self.handshake(tcp).await?;
+                async_imap::Client::new(stream)
+            }
+            TlsMode::None => {
+                let mut client = async_imap::Client::new(Box::new(tcp) as Box<dyn ImapStream>);
+                self.greeting(&mut client).await?;
+                client
+            }
+        };
+        let login = timeout(
+            self.config.timeout,
+            client.login(&self.config.username, self.config.password.expose()),
+        )
+        .await
+        .map_err(|_| anyhow!("login timed out"))?;
+        match login {
+            Ok(session) => Ok(session),
+            Err((async_imap::error::Error::No(text), _)) => Err(anyhow!(
+                "login as {:?} refused: {} (check username and password)",
+                self.config.username,
+                text.trim()
+            )
+            .into()),
+            Err((error, _)) => Err(anyhow::Error::new(error).context("login failed").into()),
+        }
+    }
+
+    async fn handshake<S>(&self, stream: S) -> Result<Box<dyn ImapStream>, SessionError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug + 'static,
+    {
+        let tls = self
+            .tls
+            .clone()
+            .ok_or_else(|| anyhow!("TLS is not configured"))?;
+        let name = rustls_pki_types::ServerName::try_from(self.config.host.clone())
+            .with_context(|| format!("{:?} is not a valid TLS server name", self.config.host))?;
+        let connector = tokio_rustls::TlsConnector::from(tls);
+        let stream = timeout(self.config.timeout, connector.connect(name, stream))
+            .await
+            .map_err(|_| anyhow!("TLS handshake timed out"))?
+            .with_context(|| format!("TLS handshake with {} failed", self.config.host))?;
+        Ok(Box::new(stream))
+    }
+
+    async fn greeting(
+        &self,
+        client: &mut async_imap::Client<Box<dyn ImapStream>>,
+    ) -> Result<(), SessionError> {
+        match timeout(self.config.timeout, client.read_response()).await {
+            Err(_) => Err(anyhow!("the server sent no greeting").into()),
+            Ok(Err(error)) => Err(anyhow::Error::new(error)
+                .context("cannot read the greeting")
+                .into()),
+            Ok(Ok(None)) => {
+                Err(anyhow!("the server closed the connection before its greeting").into())
+            }
+            Ok(Ok(Some(_))) => Ok(()),
+        }
+    }
+
+    pub(super) async fn select(&self, session: &mut Session) -> Result<Selected, SessionError> {
+        let mailbox = match self.command(session.select(&self.folder)).await {
+            Ok(mailbox) => mailbox,
+            Err(SessionError::Imap(error)) => {
+                return Err(anyhow!(
+                    "cannot select mailbox {:?}: {} (does it exist?)",
+                    self.folder,
+                    chain(error.as_ref())
+                )
+                .into())
+            }
+            Err(other) => return Err(other),
+        };
+        let uidvalidity = mailbox
+            .uid_validity
+            .ok_or_else(|| anyhow!("the server reported no UIDVALIDITY"))?;
+        let uidnext = mailbox
+            .uid_next
+            .ok_or_else(|| anyhow!("the server reported no UIDNEXT"))?;
+        debug!(mailbox = %self.label, uidvalidity, uidnext, exists = mailbox.exists, "Selected mailbox.");
+        Ok(Selected {
+            uidvalidity,
+            uidnext,
+        })
+    }
+
+    pub(super) async fn logout(&self, mut session: Session) {
+        match timeout(Duration::from_secs(5), session.logout()).await {
+            Ok(Ok(())) => debug!("Logged out."),
+            Ok(Err(error)) => debug!(%error, "LOGOUT failed."),
+            Err(_) => debug!("LOGOUT timed out."),
+        }
+    }
+
+    /// Runs one IMAP command under the command timeout.
+    pub(super) async fn command<T>(
+        &self,
+        command: impl std::future::Future<Output = async_imap::error::Result<T>>,
+    ) -> Result<T, SessionError> {
+        match timeout(self.config.timeout, command).await {
+            Ok(Ok(value)) => {
+                self.health.contact();
+                Ok(value)
+            }
+            Ok(Err(error)) => Err(anyhow::Error::new(error).into()),
+            Err(_) => Err(anyhow!("IMAP command timed out after {:?}", self.config.timeout).into()),
+        }
+    }
+
+    /// The next item of a FETCH response, under the command timeout.
+    pub(super) async fn next<S>(
+        &self,
+        stream: &mut S,
+    ) -> Result<Option<async_imap::types::Fetch>, SessionError>
+    where
+        S: futures::Stream<Item = async_imap::error::Result<async_imap::types::Fetch>> + Unpin,
+    {
+        match timeout(self.config.timeout, stream.next()).await {
+            Err(_) => Err(anyhow!("FETCH timed out after {:?}", self.config.timeout).into()),
+            Ok(None) => Ok(None),
+            Ok(Some(Ok(fetch))) => {
+                self.health.contact();
+                Ok(Some(fetch))
+            }
+            Ok(Some(Err(error))) => Err(anyhow::Error::new(error).context("FETCH failed").into()),
+        }
+    }
+
+    /// Adds `flag` to the messages of `set`.
+    pub(super) async fn store_flag(
+        &self,
+        session: &mut Session,
+        set: &str,
+        flag: &str,
+    ) -> Result<(), SessionError> {
+        let query = format!("+FLAGS.SILENT ({flag})");
+        self.command(async {
+            let responses = session.uid_store(set, &query).await?;
+            responses.count().await;
+            Ok(())
+        })
+        .await
+    }
+
+    /// IDLEs until the server reports something, the refresh interval passes or `stop`.
+    /// Returns the session to fetch with, or `None` after a clean logout on `stop`.
+    pub(super) async fn idle(
+        &self,
+        session: Session,
+        stop: &CancellationToken,
+    ) -> Result<Option<Session>, SessionError> {
+        // async-imap's `init` files whatever arrives before the `+` continuation (an EXISTS
+        // sent right after the last command's completion) in the unsolicited queue, where the
+        // IDLE wait never looks: check it once IDLE has begun, and leave at once if mail came.
+        let queue = session.unsolicited_responses.clone();
+        let mut handle = session.idle();
+        self.command(handle.init()).await?;
+        if drain_for_new_mail(&queue) {
+            debug!("New mail announced as IDLE began; fetching.");
+            return self.command(handle.done()).await.map(Some);
+        }
+        let refresh_at = Instant::now() + self.config.idle_refresh;
+        let (response, stopped) = {
+            let (wait, interrupt) = handle.wait_with_timeout(self.config.idle_keepalive);
+            tokio::pin!(wait);
+            let mut interrupt = Some(interrupt);
+            let mut stopped = false;
+            // Interrupting (dropping the stop source) lets the wait future finish cleanly;
+            // dropping the future itself could leave the stream mid-response.
+            let response = loop {
+                tokio::select! {
+                    response = &mut wait => break response,
+                    () = tokio::time::sleep_until(refresh_at), if interrupt.is_some() => {
+                        interrupt = None;
+                    }
+                    () = stop.cancelled(), if interrupt.is_some() => {
+                        stopped = true;
+                        interrupt = None;
+                    }
+                }
+            };
+            drop(interrupt);
+            (response, stopped)
+        };
+        let response = response.context("IDLE failed")?;
+        if !matches!(response, IdleResponse::Timeout) {
+            self.health.contact();
+        }
+        match response {
+            IdleResponse::NewData(data) => debug!(response = ?data.parsed(), "IDLE woke up."),
+            IdleResponse::Timeout => {
+                debug!(silence = ?self.config.idle_keepalive, "IDLE heard nothing; checking the connection with DONE.")
+            }
+            IdleResponse::ManualInterrupt => {}
+        }
+        let session = self.command(handle.done()).await?;
+        if stopped {
+            self.logout(session).await;
+            return Ok(None);
+        }
+        Ok(Some(session))
+    }
+}

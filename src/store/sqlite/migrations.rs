@@ -1,0 +1,219 @@
+//! Versioned schema migrations, chatmail-style: an ordered list of steps, the database's
+//! version in `PRAGMA user_version`, and each step applied in its own transaction together
+//! with the version it reaches, so a crash mid-migration leaves the previous version intact.
+//!
+//! A new database runs every step from the first, exactly like one written by herald 0.1
+//! (whose schema is step 1 and whose `user_version` is 0): one path, tested with a database
+//! made by the 0.1 code (`tests/fixtures/state-0.1.db`). Steps are never edited once
+//! released; a change is a new step.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::store::StoreError;
+
+/// The steps; step N (1-based) takes the database from version N-1 to N.
+const STEPS: &[&str] = &[
+    // 1: herald 0.1's schema. `IF NOT EXISTS`, since a 0.1 database has it at version 0.
+    "
+    CREATE TABLE IF NOT EXISTS mailboxes (
+        name        TEXT PRIMARY KEY,
+        uidvalidity INTEGER NOT NULL,
+        last_uid    INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS alerts (
+        id          INTEGER PRIMARY KEY,
+        mailbox     TEXT NOT NULL,
+        uidvalidity INTEGER NOT NULL,
+        uid         INTEGER NOT NULL,
+        message_id  TEXT,
+        content_key TEXT,
+        created_at  INTEGER NOT NULL,
+        alert       TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS outbox (
+        id              INTEGER PRIMARY KEY,
+        alert_id        INTEGER NOT NULL REFERENCES alerts (id),
+        sink            TEXT NOT NULL,
+        target          TEXT NOT NULL DEFAULT '',
+        state           TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'sent', 'dead')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        last_error      TEXT,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS outbox_due ON outbox (sink, state, next_attempt_at);
+    CREATE INDEX IF NOT EXISTS outbox_alert ON outbox (alert_id);
+    CREATE UNIQUE INDEX IF NOT EXISTS alerts_content ON alerts (content_key);
+    CREATE TABLE IF NOT EXISTS backlog (
+        mailbox     TEXT NOT NULL,
+        uidvalidity INTEGER NOT NULL,
+        uid         INTEGER NOT NULL,
+        PRIMARY KEY (mailbox, uidvalidity, uid)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS imap_marks (
+        mailbox     TEXT NOT NULL,
+        uidvalidity INTEGER NOT NULL,
+        uid         INTEGER NOT NULL,
+        PRIMARY KEY (mailbox, uidvalidity, uid)
+    ) WITHOUT ROWID;
+    ",
+    // 2: several accounts (a mailbox is `(account, folder)`; 0.1's one account is
+    // `default`), and the dispatch stage (an alert carries its routed sinks and is
+    // undispatched until dispatch has written its outbox rows). 0.1's alerts already have
+    // their rows: they are dispatched, with the sinks their rows name. Herald's own notices
+    // (0.1 filed them under the mailbox `herald:dead-letters`) belong to no mailbox.
+    "
+    CREATE TABLE mailboxes_v2 (
+        account     TEXT NOT NULL,
+        folder      TEXT NOT NULL,
+        uidvalidity INTEGER NOT NULL,
+        last_uid    INTEGER NOT NULL,
+        PRIMARY KEY (account, folder)
+    ) WITHOUT ROWID;
+    INSERT INTO mailboxes_v2 SELECT 'default', name, uidvalidity, last_uid FROM mailboxes;
+    DROP TABLE mailboxes;
+    ALTER TABLE mailboxes_v2 RENAME TO mailboxes;
+
+    CREATE TABLE alerts_v2 (
+        id            INTEGER PRIMARY KEY,
+        account       TEXT,
+        folder        TEXT,
+        uidvalidity   INTEGER,
+        uid           INTEGER,
+        message_id    TEXT,
+        content_key   TEXT,
+        created_at    INTEGER NOT NULL,
+        alert         TEXT NOT NULL,
+        sinks         TEXT NOT NULL DEFAULT '[]',
+        dispatched_at INTEGER
+    );
+    INSERT INTO alerts_v2 (id, account, folder, uidvalidity, uid, message_id, content_key,
+                           created_at, alert, sinks, dispatched_at)
+        SELECT id,
+               CASE WHEN mailbox LIKE 'herald:%' THEN NULL ELSE 'default' END,
+               CASE WHEN mailbox LIKE 'herald:%' THEN NULL ELSE mailbox END,
+               CASE WHEN mailbox LIKE 'herald:%' THEN NULL ELSE uidvalidity END,
+               CASE WHEN mailbox LIKE 'herald:%' THEN NULL ELSE uid END,
+               message_id, content_key, created_at, alert,
+               coalesce((SELECT json_group_array(sink) FROM
+                            (SELECT sink FROM outbox WHERE alert_id = alerts.id GROUP BY sink ORDER BY min(id))
+                        ), '[]'),
+               created_at
+        FROM alerts;
+    DROP TABLE alerts;
+    ALTER TABLE alerts_v2 RENAME TO alerts;
+    CREATE UNIQUE INDEX alerts_content ON alerts (content_key);
+    CREATE INDEX alerts_undispatched ON alerts (id) WHERE dispatched_at IS NULL;
+
+    CREATE TABLE backlog_v2 (
+        account     TEXT NOT NULL,
+        folder      TEXT NOT NULL,
+        uidvalidity INTEGER NOT NULL,
+        uid         INTEGER NOT NULL,
+        PRIMARY KEY (account, folder, uidvalidity, uid)
+    ) WITHOUT ROWID;
+    INSERT INTO backlog_v2 SELECT 'default', mailbox, uidvalidity, uid FROM backlog;
+    DROP TABLE backlog;
+    ALTER TABLE backlog_v2 RENAME TO backlog;
+
+    CREATE TABLE imap_marks_v2 (
+        account     TEXT NOT NULL,
+        folder      TEXT NOT NULL,
+        uidvalidity INTEGER NOT NULL,
+        uid         INTEGER NOT NULL,
+        PRIMARY KEY (account, folder, uidvalidity, uid)
+    ) WITHOUT ROWID;
+    INSERT INTO imap_marks_v2 SELECT 'default', mailbox, uidvalidity, uid FROM imap_marks;
+    DROP TABLE imap_marks;
+    ALTER TABLE imap_marks_v2 RENAME TO imap_marks;
+    ",
+];
+
+/// The version this build writes.
+pub(super) const CURRENT: u32 = STEPS.len() as u32;
+
+fn version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.pragma_query_value(None, "user_version", |row| row.get(0))
+}
+
+fn failed(path: &Path, step: usize) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| {
+        StoreError::backend(
+            format!(
+                "cannot migrate the state database {} to schema version {step}",
+                path.display()
+            ),
+            e,
+        )
+    }
+}
+
+/// Brings the database up to [`CURRENT`].
+pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let found = version(conn).map_err(failed(path, 0))?;
+    if found > CURRENT {
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found,
+            known: CURRENT,
+        });
+    }
+    let fresh = conn
+        .query_row("SELECT count(*) = 0 FROM sqlite_master", [], |row| {
+            row.get::<_, bool>(0)
+        })
+        .map_err(failed(path, 0))?;
+    // Tables are rebuilt under the outbox's foreign key; SQLite's recipe for that is to turn
+    // the checks off outside the transaction and verify them before committing.
+    conn.pragma_update(None, "foreign_keys", "OFF")
+        .map_err(failed(path, 0))?;
+    for (index, sql) in STEPS.iter().enumerate().skip(found as usize) {
+        let step = index + 1;
+        let tx = conn.transaction().map_err(failed(path, step))?;
+        tx.execute_batch(sql).map_err(failed(path, step))?;
+        let broken: Option<String> = tx
+            .query_row("PRAGMA foreign_key_check", [], |row| row.get(0))
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                other => Err(other),
+            })
+            .map_err(failed(path, step))?;
+        if let Some(table) = broken {
+            return Err(failed(path, step)(rusqlite::Error::InvalidParameterName(
+                format!("a foreign key of table {table} is broken"),
+            )));
+        }
+        tx.pragma_update(None, "user_version", step)
+            .map_err(failed(path, step))?;
+        tx.commit().map_err(failed(path, step))?;
+        if !fresh {
+            tracing::info!(path = %path.display(), version = step, "Migrated the state database.");
+        }
+    }
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(failed(path, CURRENT as usize))
+}
+
+/// Fails unless the database is at [`CURRENT`]: a command beside the daemon never migrates.
+pub(super) fn require_current(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let found = version(conn).map_err(failed(path, 0))?;
+    match found.cmp(&CURRENT) {
+        std::cmp::Ordering::Equal => Ok(()),
+        std::cmp::Ordering::Greater => Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found,
+            known: CURRENT,
+        }),
+        std::cmp::Ordering::Less => Err(StoreError::backend(
+            format!(
+                "the state database {} has schema version {found}; `herald run` migrates it to {CURRENT} when it starts",
+                path.display()
+            ),
+            "an older schema",
+        )),
+    }
+}

@@ -1,0 +1,687 @@
+//! The SQLite backend: one file, WAL mode, `synchronous = FULL`, so a commit is on disk when
+//! it returns.
+//!
+//! Every call runs on tokio's blocking pool (`spawn_blocking`), never on a runtime thread:
+//! an fsync must not stall IMAP or the HTTP server. One connection behind a mutex serves
+//! them all: each call is a short statement or transaction, and SQLite serialises writers
+//! anyway (mini-redis's `db.rs` on when a std mutex is right).
+//!
+//! The schema is versioned (`migrations`), and [`Access::Daemon`] holds an exclusive lock
+//! on `PATH.lock` (see `lock`) for as long as it runs.
+
+mod lock;
+mod migrations;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use herald_bridges::Alert;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::{
+    now_ms, Access, AdminStore, Batch, Committed, Cursor, Dispatch, DispatchStore, Due,
+    IngestStore, MailboxId, OutboxStore, Result, Routed, Row, RowState, StoreError, Undispatched,
+};
+
+/// The SQLite store.
+pub(super) struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Mutex<Connection>,
+    /// Held for the daemon's life: dropping it releases the lock.
+    _owner: Option<lock::Owner>,
+}
+
+fn db_error(context: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |e| StoreError::backend(context, e)
+}
+
+impl SqliteStore {
+    /// Opens the database at `path` for `access` (blocking: call it off the runtime).
+    pub(super) fn open(path: &Path, access: Access) -> Result<SqliteStore> {
+        let owner = match access {
+            Access::Daemon => Some(lock::Owner::take(path)?),
+            Access::Admin | Access::ReadOnly => {
+                if !path.exists() {
+                    return Err(StoreError::NotFound {
+                        path: path.to_owned(),
+                    });
+                }
+                None
+            }
+        };
+        let flags = match access {
+            Access::Daemon => OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+            Access::Admin => OpenFlags::SQLITE_OPEN_READ_WRITE,
+            Access::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY,
+        } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let opening = || format!("cannot open the state database {}", path.display());
+        let mut conn = Connection::open_with_flags(path, flags)
+            .map_err(|e| StoreError::backend(opening(), e))?;
+        let setup = |conn: &Connection| -> rusqlite::Result<()> {
+            if access != Access::ReadOnly {
+                conn.pragma_update(None, "journal_mode", "WAL")?;
+                conn.pragma_update(None, "synchronous", "FULL")?;
+            }
+            conn.pragma_update(None, "foreign_keys", "ON")?;
+            // 1 MiB of page cache instead of SQLite's 2 MiB default: the hot pages are the
+            // outbox index and the newest alerts, and herald's footprint is meant to stay ~10 MB.
+            conn.pragma_update(None, "cache_size", -1024)?;
+            conn.busy_timeout(std::time::Duration::from_secs(10))
+        };
+        setup(&conn).map_err(|e| StoreError::backend(opening(), e))?;
+        match access {
+            Access::Daemon => {
+                migrations::migrate(&mut conn, path)?;
+                // A crash leaves the rows it was delivering `sending`: they were not confirmed.
+                conn.execute(
+                    "UPDATE outbox SET state = 'pending' WHERE state = 'sending'",
+                    [],
+                )
+                .map_err(db_error("cannot recover the outbox"))?;
+            }
+            Access::Admin | Access::ReadOnly => migrations::require_current(&conn, path)?,
+        }
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                _owner: owner,
+            }),
+        })
+    }
+
+    /// Runs `work` with the connection on the blocking pool.
+    async fn run<T, F>(&self, context: &'static str, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.conn();
+            work(&mut conn).map_err(db_error(context))
+        })
+        .await
+        .map_err(|e| StoreError::backend(context, e))?
+    }
+}
+
+impl Inner {
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a transaction half-applied (SQLite
+        // rolls back an unfinished one), so a poisoned lock is safe to keep using.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// An alert stored as JSON, read back; a row that does not parse is a corrupt store.
+fn alert_from(id: i64, json: &str) -> rusqlite::Result<Alert> {
+    serde_json::from_str(json).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("alert {id} is unreadable: {e}").into(),
+        )
+    })
+}
+
+fn json_error(e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+}
+
+/// Inserts a routed alert, undispatched; `None` when its content key is already stored.
+fn insert_alert(
+    tx: &rusqlite::Transaction<'_>,
+    source: Option<(&MailboxId, u32, u32)>,
+    content_key: Option<&str>,
+    routed: &Routed,
+    now: i64,
+) -> rusqlite::Result<Option<i64>> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO alerts (account, folder, uidvalidity, uid, message_id, content_key, created_at, alert, sinks)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (content_key) DO NOTHING",
+    )?;
+    let json = serde_json::to_string(&routed.alert).map_err(json_error)?;
+    let sinks = serde_json::to_string(&routed.sinks).map_err(json_error)?;
+    let inserted = insert.execute(params![
+        source.map(|(m, ..)| m.account.as_str()),
+        source.map(|(m, ..)| m.folder.as_str()),
+        source.map(|(_, v, _)| v),
+        source.map(|(.., uid)| uid),
+        routed.alert.message_id,
+        content_key,
+        now,
+        json,
+        sinks
+    ])?;
+    Ok((inserted > 0).then(|| tx.last_insert_rowid()))
+}
+
+#[async_trait]
+impl IngestStore for SqliteStore {
+    async fn cursor(&self, mailbox: &MailboxId) -> Result<Option<Cursor>> {
+        let mailbox = mailbox.clone();
+        self.run("cannot read the mailbox cursor", move |conn| {
+            conn.query_row(
+                "SELECT uidvalidity, last_uid FROM mailboxes WHERE account = ?1 AND folder = ?2",
+                [&mailbox.account, &mailbox.folder],
+                |row| {
+                    Ok(Cursor {
+                        uidvalidity: row.get(0)?,
+                        last_uid: row.get(1)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<Committed> {
+        self.run("cannot commit to the state database", move |conn| {
+            let Batch {
+                mailbox,
+                uidvalidity,
+                messages,
+                cursor,
+                mark,
+            } = batch;
+            let (account, folder) = (&mailbox.account, &mailbox.folder);
+            let tx = conn.transaction()?;
+            let now = now_ms();
+            let mut known = Vec::new();
+            {
+                let mut insert_mark = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO imap_marks (account, folder, uidvalidity, uid) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                let mut done = tx.prepare_cached(
+                    "DELETE FROM backlog WHERE account = ?1 AND folder = ?2 AND uidvalidity = ?3 AND uid = ?4",
+                )?;
+                for message in &messages {
+                    done.execute(params![account, folder, uidvalidity, message.uid])?;
+                    if mark {
+                        insert_mark.execute(params![account, folder, uidvalidity, message.uid])?;
+                    }
+                    let Some(routed) = &message.routed else {
+                        continue;
+                    };
+                    let source = Some((&mailbox, uidvalidity, message.uid));
+                    if insert_alert(&tx, source, Some(&message.content_key), routed, now)?
+                        .is_none()
+                    {
+                        known.push(message.uid);
+                    }
+                }
+            }
+            tx.execute(
+                "INSERT INTO mailboxes (account, folder, uidvalidity, last_uid) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (account, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity,
+                     last_uid = max(excluded.last_uid,
+                                    CASE WHEN mailboxes.uidvalidity = excluded.uidvalidity
+                                         THEN mailboxes.last_uid ELSE 0 END)",
+                params![account, folder, uidvalidity, cursor],
+            )?;
+            tx.commit()?;
+            Ok(Committed { messages, known })
+        })
+        .await
+    }
+
+    async fn record_baseline(
+        &self,
+        mailbox: &MailboxId,
+        uidvalidity: u32,
+        last: u32,
+        recent: Vec<u32>,
+    ) -> Result<()> {
+        let mailbox = mailbox.clone();
+        self.run("cannot record the baseline", move |conn| {
+            let (account, folder) = (&mailbox.account, &mailbox.folder);
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT INTO mailboxes (account, folder, uidvalidity, last_uid) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (account, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity,
+                     last_uid = excluded.last_uid",
+                params![account, folder, uidvalidity, last],
+            )?;
+            tx.execute(
+                "DELETE FROM backlog WHERE account = ?1 AND folder = ?2",
+                [account, folder],
+            )?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO backlog (account, folder, uidvalidity, uid) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for uid in recent {
+                    insert.execute(params![account, folder, uidvalidity, uid])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn backlog(
+        &self,
+        mailbox: &MailboxId,
+        uidvalidity: u32,
+        limit: usize,
+    ) -> Result<Vec<u32>> {
+        let mailbox = mailbox.clone();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run("cannot read the backlog", move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT uid FROM backlog WHERE account = ?1 AND folder = ?2 AND uidvalidity = ?3
+                 ORDER BY uid LIMIT ?4",
+            )?;
+            let uids = stmt
+                .query_map(
+                    params![mailbox.account, mailbox.folder, uidvalidity, limit],
+                    |row| row.get(0),
+                )?
+                .collect();
+            uids
+        })
+        .await
+    }
+
+    async fn finish_backlog(
+        &self,
+        mailbox: &MailboxId,
+        uidvalidity: u32,
+        uids: Vec<u32>,
+    ) -> Result<()> {
+        self.delete_uids(
+            "DELETE FROM backlog WHERE account = ?1 AND folder = ?2 AND uidvalidity = ?3 AND uid = ?4",
+            mailbox,
+            uidvalidity,
+            uids,
+            false,
+        )
+        .await
+    }
+
+    async fn pending_marks(&self, mailbox: &MailboxId, uidvalidity: u32) -> Result<Vec<u32>> {
+        let mailbox = mailbox.clone();
+        self.run("cannot read the pending marks", move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT uid FROM imap_marks WHERE account = ?1 AND folder = ?2 AND uidvalidity = ?3
+                 ORDER BY uid",
+            )?;
+            let uids = stmt
+                .query_map(
+                    params![mailbox.account, mailbox.folder, uidvalidity],
+                    |row| row.get(0),
+                )?
+                .collect();
+            uids
+        })
+        .await
+    }
+
+    async fn clear_marks(
+        &self,
+        mailbox: &MailboxId,
+        uidvalidity: u32,
+        uids: Vec<u32>,
+    ) -> Result<()> {
+        self.delete_uids(
+            "DELETE FROM imap_marks WHERE account = ?1 AND folder = ?2 AND uidvalidity = ?3 AND uid = ?4",
+            mailbox,
+            uidvalidity,
+            uids,
+            true,
+        )
+        .await
+    }
+}
+
+impl SqliteStore {
+    /// Deletes `uids` of `mailbox` with `sql`; with `older_too`, also every mark of another
+    /// UIDVALIDITY (their UIDs no longer name anything).
+    async fn delete_uids(
+        &self,
+        sql: &'static str,
+        mailbox: &MailboxId,
+        uidvalidity: u32,
+        uids: Vec<u32>,
+        older_too: bool,
+    ) -> Result<()> {
+        let mailbox = mailbox.clone();
+        self.run("cannot update the state database", move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut delete = tx.prepare_cached(sql)?;
+                for uid in uids {
+                    delete.execute(params![mailbox.account, mailbox.folder, uidvalidity, uid])?;
+                }
+            }
+            if older_too {
+                tx.execute(
+                    "DELETE FROM imap_marks WHERE account = ?1 AND folder = ?2 AND uidvalidity <> ?3",
+                    params![mailbox.account, mailbox.folder, uidvalidity],
+                )?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Runs `sql` (one `?1` parameter) for each id, in one transaction.
+    async fn update_each(&self, ids: Vec<i64>, sql: &'static str) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.run("cannot update the outbox", move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut update = tx.prepare_cached(sql)?;
+                for id in ids {
+                    update.execute([id])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl DispatchStore for SqliteStore {
+    async fn undispatched(&self, limit: usize) -> Result<Vec<Undispatched>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run("cannot read undispatched alerts", move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, alert, sinks FROM alerts WHERE dispatched_at IS NULL ORDER BY id LIMIT ?1",
+            )?;
+            let rows = stmt
+                .query_map([limit], |row| {
+                    let id: i64 = row.get(0)?;
+                    let alert = alert_from(id, &row.get::<_, String>(1)?)?;
+                    let sinks: String = row.get(2)?;
+                    let sinks = serde_json::from_str(&sinks).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            2,
+                            rusqlite::types::Type::Text,
+                            Box::new(e),
+                        )
+                    })?;
+                    Ok(Undispatched {
+                        id,
+                        routed: Routed { alert, sinks },
+                    })
+                })?
+                .collect();
+            rows
+        })
+        .await
+    }
+
+    async fn dispatch(&self, decisions: Vec<Dispatch>) -> Result<()> {
+        if decisions.is_empty() {
+            return Ok(());
+        }
+        self.run("cannot commit dispatched alerts", move |conn| {
+            let tx = conn.transaction()?;
+            let now = now_ms();
+            {
+                let mut insert_row = tx.prepare_cached(
+                    "INSERT INTO outbox (alert_id, sink, target, state, next_attempt_at, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?4)",
+                )?;
+                let mut done = tx.prepare_cached(
+                    "UPDATE alerts SET dispatched_at = ?2 WHERE id = ?1 AND dispatched_at IS NULL",
+                )?;
+                for decision in decisions {
+                    // Only an alert this call moves out of "undispatched" gets rows, so a
+                    // decision made twice (two dispatchers, a replay) never doubles them.
+                    if done.execute(params![decision.alert_id, now])? == 0 {
+                        continue;
+                    }
+                    for d in decision.destinations {
+                        insert_row.execute(params![decision.alert_id, d.sink, d.target, now])?;
+                    }
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl OutboxStore for SqliteStore {
+    async fn claim(&self, sink: &str, now: i64, limit: usize) -> Result<Vec<Due>> {
+        let sink = sink.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run("cannot claim deliveries", move |conn| {
+            let tx = conn.transaction()?;
+            let due = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT o.id, o.target, a.created_at, a.alert, o.attempts
+                     FROM outbox o JOIN alerts a ON a.id = o.alert_id
+                     WHERE o.sink = ?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
+                     ORDER BY o.next_attempt_at, o.id LIMIT ?3",
+                )?;
+                let due = stmt
+                    .query_map(params![sink, now, limit], |row| {
+                        let id = row.get(0)?;
+                        Ok(Due {
+                            id,
+                            target: row.get(1)?,
+                            created_at: row.get(2)?,
+                            alert: alert_from(id, &row.get::<_, String>(3)?)?,
+                            attempts: row.get(4)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let mut claim =
+                    tx.prepare_cached("UPDATE outbox SET state = 'sending' WHERE id = ?1")?;
+                for row in &due {
+                    claim.execute([row.id])?;
+                }
+                due
+            };
+            tx.commit()?;
+            Ok(due)
+        })
+        .await
+    }
+
+    async fn release(&self, ids: Vec<i64>) -> Result<()> {
+        self.update_each(
+            ids,
+            "UPDATE outbox SET state = 'pending' WHERE id = ?1 AND state = 'sending'",
+        )
+        .await
+    }
+
+    async fn next_due(&self, sink: &str) -> Result<Option<i64>> {
+        let sink = sink.to_owned();
+        self.run("cannot read the outbox", move |conn| {
+            conn.query_row(
+                "SELECT min(next_attempt_at) FROM outbox WHERE sink = ?1 AND state = 'pending'",
+                [sink],
+                |row| row.get(0),
+            )
+        })
+        .await
+    }
+
+    async fn mark_sent(&self, id: i64) -> Result<()> {
+        self.run("cannot mark a delivery sent", move |conn| {
+            conn.prepare_cached(
+                "UPDATE outbox SET state = 'sent', attempts = attempts + 1, last_error = NULL,
+                 updated_at = ?2 WHERE id = ?1",
+            )?
+            .execute(params![id, now_ms()])
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn mark_retry(&self, id: i64, next_attempt_at: i64, error: String) -> Result<()> {
+        self.run("cannot record a failed delivery", move |conn| {
+            conn.execute(
+                "UPDATE outbox SET state = 'pending', attempts = attempts + 1, next_attempt_at = ?2,
+                 last_error = ?3, updated_at = ?4 WHERE id = ?1",
+                params![id, next_attempt_at, error, now_ms()],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn mark_dead(
+        &self,
+        id: i64,
+        attempted: bool,
+        error: String,
+        notice: Option<Routed>,
+    ) -> Result<()> {
+        self.run("cannot record a dead letter", move |conn| {
+            let tx = conn.transaction()?;
+            let now = now_ms();
+            tx.execute(
+                "UPDATE outbox SET state = 'dead', attempts = attempts + ?2, last_error = ?3,
+                 updated_at = ?4 WHERE id = ?1",
+                params![id, i64::from(attempted), error, now],
+            )?;
+            if let Some(notice) = notice {
+                // No content key: a notice is herald's own, never a re-delivered message.
+                insert_alert(&tx, None, None, &notice, now)?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl AdminStore for SqliteStore {
+    async fn unsent(&self) -> Result<Vec<Row>> {
+        self.run("cannot read the outbox", |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT o.id, o.sink, o.target, o.state, o.attempts, o.next_attempt_at, a.created_at,
+                        o.last_error, a.alert
+                 FROM outbox o JOIN alerts a ON a.id = o.alert_id
+                 WHERE o.state <> 'sent' ORDER BY o.id",
+            )?;
+            let rows = stmt
+                .query_map([], |row| {
+                    let id = row.get(0)?;
+                    let state: String = row.get(3)?;
+                    let title = alert_from(id, &row.get::<_, String>(8)?)
+                        .map(|a| a.title)
+                        .unwrap_or_default();
+                    Ok(Row {
+                        id,
+                        sink: row.get(1)?,
+                        target: row.get(2)?,
+                        state: parse_state(3, &state)?,
+                        attempts: row.get(4)?,
+                        next_attempt_at: row.get(5)?,
+                        created_at: row.get(6)?,
+                        last_error: row.get(7)?,
+                        title,
+                    })
+                })?
+                .collect();
+            rows
+        })
+        .await
+    }
+
+    async fn retry_now(&self, id: i64) -> Result<bool> {
+        self.run("cannot update the outbox", move |conn| {
+            conn.execute(
+                "UPDATE outbox SET state = 'pending', next_attempt_at = ?2, updated_at = ?2
+                 WHERE id = ?1 AND state IN ('pending', 'dead')",
+                params![id, now_ms()],
+            )
+            .map(|n| n > 0)
+        })
+        .await
+    }
+
+    async fn drop_row(&self, id: i64) -> Result<bool> {
+        self.run("cannot update the outbox", move |conn| {
+            conn.execute(
+                "DELETE FROM outbox WHERE id = ?1 AND state IN ('pending', 'dead')",
+                [id],
+            )
+            .map(|n| n > 0)
+        })
+        .await
+    }
+
+    async fn prune(&self, before: i64) -> Result<usize> {
+        self.run("cannot prune the state database", move |conn| {
+            let tx = conn.transaction()?;
+            let finished =
+                "SELECT id FROM alerts WHERE created_at < ?1 AND dispatched_at IS NOT NULL
+                 AND NOT EXISTS (SELECT 1 FROM outbox
+                     WHERE outbox.alert_id = alerts.id AND state IN ('pending', 'sending'))";
+            tx.execute(
+                &format!("DELETE FROM outbox WHERE alert_id IN ({finished})"),
+                [before],
+            )?;
+            let removed = tx.execute(
+                &format!("DELETE FROM alerts WHERE id IN ({finished})"),
+                [before],
+            )?;
+            tx.commit()?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn check_writable(&self) -> Result<()> {
+        self.run("the state database is not writable", |conn| {
+            conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+        })
+        .await
+    }
+
+    async fn counts(&self) -> Result<Vec<(String, RowState, u64)>> {
+        self.run("cannot count the outbox", |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT sink, state, count(*) FROM outbox GROUP BY sink, state ORDER BY sink, state",
+            )?;
+            let rows = stmt
+                .query_map([], |row| {
+                    let state: String = row.get(1)?;
+                    Ok((row.get(0)?, parse_state(1, &state)?, row.get(2)?))
+                })?
+                .collect();
+            rows
+        })
+        .await
+    }
+}
+
+fn parse_state(column: usize, name: &str) -> rusqlite::Result<RowState> {
+    RowState::parse(name).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            column,
+            rusqlite::types::Type::Text,
+            format!("unknown outbox state {name:?}").into(),
+        )
+    })
+}
+
+/// Where the lock file of the database at `path` is.
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+#[cfg(test)]
+mod tests;
