@@ -6,8 +6,10 @@
 //!     IDLE notice latency measured by a raw IDLE client in the same run (Dovecot holds
 //!     notices for 500 ms by design, so that is the floor);
 //! (b) the time to drain 10,000 messages already in the mailbox at start;
-//! (c) herald's peak RSS (VmHWM) in each phase.
-//! Targets: p50 within 5 ms of Dovecot's notice; ≥ 4,000 messages/s drained; peak RSS ≤ 15 MB.
+//! (c) herald's peak RSS (VmHWM) in each phase, and what each extra watched mailbox adds
+//!     (one folder, then nine, each with a message delivered so every session has worked).
+//! Targets: p50 within 5 ms of Dovecot's notice; ≥ 4,000 messages/s drained; peak RSS ≤ 15 MB
+//! with one mailbox; at most 1 MB more per extra mailbox.
 //! `HERALD_BENCH_LATENCY_N` and `HERALD_BENCH_DRAIN_N` change the message counts.
 
 use std::path::{Path, PathBuf};
@@ -34,16 +36,22 @@ fn main() -> Result<()> {
             let drain_n = count("HERALD_BENCH_DRAIN_N", 10_000);
             println!("herald pipeline benchmark (Dovecot on loopback, webhook sink)");
             latency(latency_n).await?;
-            drain(drain_n).await
+            drain(drain_n).await?;
+            mailboxes().await
         })
 }
 
 fn config(dir: &Path, dovecot: &Dovecot, receiver: &Receiver) -> Result<PathBuf> {
+    config_with(dir, dovecot, receiver, "")
+}
+
+/// [`config`] with extra `[imap]` lines.
+fn config_with(dir: &Path, dovecot: &Dovecot, receiver: &Receiver, imap: &str) -> Result<PathBuf> {
     let path = dir.join("herald.toml");
     std::fs::write(
         &path,
         format!(
-            "[imap]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nusername = \"{}\"\npassword = \"{}\"\n\
+            "[imap]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nusername = \"{}\"\npassword = \"{}\"\n{imap}\n\
              [state]\npath = \"{}\"\n[defaults]\nsinks = [\"hook\"]\n\
              [sinks.hook]\ntype = \"webhook\"\nurl = \"{}\"\n",
             dovecot.port(),
@@ -203,6 +211,56 @@ async fn drain(n: usize) -> Result<()> {
     println!(
         "    herald peak RSS: {:.1} MB   (target: <= 15 MB)",
         rss as f64 / 1024.0
+    );
+    Ok(())
+}
+
+/// Peak RSS of herald watching `folders` folders, each having delivered one message.
+async fn rss_with_folders(folders: usize) -> Result<u64> {
+    let dovecot = Dovecot::start().await?;
+    let mut receiver = Receiver::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut names = vec!["INBOX".to_owned()];
+    for i in 1..folders {
+        let name = format!("Folder{i}");
+        dovecot.create_mailbox(&name).await?;
+        names.push(name);
+    }
+    let list: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+    let imap = format!("mailboxes = [{}]", list.join(", "));
+    let mut herald = start(&config_with(dir.path(), &dovecot, &receiver, &imap)?)?;
+    for name in &names {
+        dovecot
+            .append(name, &plain_mail(&format!("hello from {name}"), "x\n"))
+            .await?;
+    }
+    for i in 0..names.len() {
+        receiver
+            .next(Duration::from_secs(30))
+            .await
+            .with_context(|| format!("after {i} alerts\n{}", herald.stderr()))?;
+    }
+    let rss = peak_rss_kib(herald.pid())?;
+    herald.sigterm()?;
+    herald.wait_exit(Duration::from_secs(30)).await?;
+    Ok(rss)
+}
+
+async fn mailboxes() -> Result<()> {
+    const MANY: usize = 9;
+    let one = rss_with_folders(1).await?;
+    let many = rss_with_folders(MANY).await?;
+    let per_extra = (many.saturating_sub(one)) as f64 / (MANY - 1) as f64;
+    println!();
+    println!("(c) several mailboxes: one IDLE session per folder");
+    println!(
+        "    peak RSS with 1 folder: {:.1} MB; with {MANY} folders: {:.1} MB",
+        one as f64 / 1024.0,
+        many as f64 / 1024.0
+    );
+    println!(
+        "    per extra mailbox: {:.0} KB   (target: <= 1 MB)",
+        per_extra
     );
     Ok(())
 }

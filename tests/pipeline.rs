@@ -639,3 +639,61 @@ async fn a_cron_failure_reaches_an_irc_channel_and_herald_quits_cleanly() {
         .lines()
         .all(|l| !l.contains("injected") || l.contains("PRIVMSG")));
 }
+
+/// `daemon::run` takes its shutdown signal as a parameter: the whole pipeline runs inside the
+/// test process, delivers, and stops when told, releasing the state for the next run.
+#[tokio::test]
+async fn the_whole_pipeline_runs_in_process_and_stops_when_told() {
+    let mut env = env(Dovecot::start().await.expect("dovecot")).await;
+    let path = env.config(&Imap::plain(&env.dovecot));
+    let load = || {
+        let text = std::fs::read_to_string(&path).expect("config");
+        let env_var = |name: &str| {
+            (name == "TEST_IMAP_PASSWORD").then(|| herald_testkit::PASSWORD.to_owned())
+        };
+        herald::config::Config::parse(&path, &text, &env_var).expect("valid config")
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(herald::daemon::run(load(), async {
+        let _ = stopped.await;
+    }));
+    env.dovecot
+        .append(
+            "INBOX",
+            &cron_mail("web01.example.net", "root", BACKUP, FAILURE),
+        )
+        .await
+        .expect("append");
+    let got = env.receiver.next(DEADLINE).await.expect("delivered");
+    assert_eq!(got.body["command"], BACKUP);
+    assert_eq!(got.body["mailbox"], "INBOX");
+    stop.send(()).expect("the daemon is running");
+    tokio::time::timeout(DEADLINE, daemon)
+        .await
+        .expect("stops when told")
+        .expect("no panic")
+        .expect("clean stop");
+
+    // The lock went with it: a second run in the same process owns the state again.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(herald::daemon::run(load(), async {
+        let _ = stopped.await;
+    }));
+    env.dovecot
+        .append("INBOX", &plain_mail("after the restart", "x\n"))
+        .await
+        .expect("append");
+    let got = env
+        .receiver
+        .next(DEADLINE)
+        .await
+        .expect("the second run delivers");
+    assert_eq!(got.body["title"], "after the restart");
+    stop.send(()).expect("running");
+    tokio::time::timeout(DEADLINE, daemon)
+        .await
+        .expect("stops")
+        .expect("no panic")
+        .expect("clean stop");
+    assert_eq!(env.receiver.count(), 2, "nothing delivered twice");
+}
