@@ -107,6 +107,23 @@ async fn a_0_1_state_is_migrated_in_place_with_nothing_lost() {
     assert_eq!(store.unsent().await.unwrap().len(), 15);
 }
 
+/// The titles of the next `n` alerts `receiver` gets.
+async fn titles(
+    receiver: &mut Receiver,
+    n: usize,
+    herald: &herald_testkit::HeraldProcess,
+) -> Vec<String> {
+    let mut titles = Vec::with_capacity(n);
+    for _ in 0..n {
+        let got = receiver
+            .next(DEADLINE)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", herald.stderr()));
+        titles.push(got.body["title"].as_str().unwrap_or_default().to_owned());
+    }
+    titles
+}
+
 /// `herald run` on the 0.1 state delivers what 0.1 left queued, to the same sinks.
 #[tokio::test]
 async fn herald_run_delivers_what_0_1_left_queued() {
@@ -124,22 +141,8 @@ async fn herald_run_delivers_what_0_1_left_queued() {
     std::fs::write(&config, text).unwrap();
     let herald = start_herald(&config).await;
     // hook: 8 pending rows (the dead one stays dead); pager: 6 (one was in flight).
-    let mut hook_titles = Vec::new();
-    for _ in 0..8 {
-        let got = hook
-            .next(DEADLINE)
-            .await
-            .unwrap_or_else(|e| panic!("{e:#}\n{}", herald.stderr()));
-        hook_titles.push(got.body["title"].as_str().unwrap().to_owned());
-    }
-    let mut pager_titles = Vec::new();
-    for _ in 0..6 {
-        let got = pager
-            .next(DEADLINE)
-            .await
-            .unwrap_or_else(|e| panic!("{e:#}\n{}", herald.stderr()));
-        pager_titles.push(got.body["title"].as_str().unwrap().to_owned());
-    }
+    let mut hook_titles = titles(&mut hook, 8, &herald).await;
+    let pager_titles = titles(&mut pager, 6, &herald).await;
     hook_titles.sort();
     hook_titles.dedup();
     assert_eq!(hook_titles.len(), 8, "each once: {hook_titles:?}");

@@ -653,10 +653,26 @@ async fn the_whole_pipeline_runs_in_process_and_stops_when_told() {
         };
         herald::config::Config::parse(&path, &text, &env_var).expect("valid config")
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(herald::daemon::run(load(), async {
-        let _ = stopped.await;
-    }));
+    let run = |config| {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let daemon = tokio::spawn(herald::daemon::run(config, async {
+            let _ = stopped.await;
+        }));
+        (stop, daemon)
+    };
+    type Running = (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    );
+    let stop_and_wait = |(stop, daemon): Running| async move {
+        stop.send(()).expect("the daemon is running");
+        tokio::time::timeout(DEADLINE, daemon)
+            .await
+            .expect("stops when told")
+            .expect("no panic")
+            .expect("clean stop");
+    };
+    let first = run(load());
     env.dovecot
         .append(
             "INBOX",
@@ -667,18 +683,10 @@ async fn the_whole_pipeline_runs_in_process_and_stops_when_told() {
     let got = env.receiver.next(DEADLINE).await.expect("delivered");
     assert_eq!(got.body["command"], BACKUP);
     assert_eq!(got.body["mailbox"], "INBOX");
-    stop.send(()).expect("the daemon is running");
-    tokio::time::timeout(DEADLINE, daemon)
-        .await
-        .expect("stops when told")
-        .expect("no panic")
-        .expect("clean stop");
+    stop_and_wait(first).await;
 
     // The lock went with it: a second run in the same process owns the state again.
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(herald::daemon::run(load(), async {
-        let _ = stopped.await;
-    }));
+    let second = run(load());
     env.dovecot
         .append("INBOX", &plain_mail("after the restart", "x\n"))
         .await
@@ -689,11 +697,6 @@ async fn the_whole_pipeline_runs_in_process_and_stops_when_told() {
         .await
         .expect("the second run delivers");
     assert_eq!(got.body["title"], "after the restart");
-    stop.send(()).expect("running");
-    tokio::time::timeout(DEADLINE, daemon)
-        .await
-        .expect("stops")
-        .expect("no panic")
-        .expect("clean stop");
+    stop_and_wait(second).await;
     assert_eq!(env.receiver.count(), 2, "nothing delivered twice");
 }

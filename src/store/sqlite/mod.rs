@@ -273,21 +273,14 @@ impl IngestStore for SqliteStore {
         uidvalidity: u32,
         limit: usize,
     ) -> Result<Vec<u32>> {
-        let mailbox = mailbox.clone();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.run("cannot read the backlog", move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT uid FROM backlog WHERE account = ?1 AND folder = ?2 AND uidvalidity = ?3
-                 ORDER BY uid LIMIT ?4",
-            )?;
-            let uids = stmt
-                .query_map(
-                    params![mailbox.account, mailbox.folder, uidvalidity, limit],
-                    |row| row.get(0),
-                )?
-                .collect();
-            uids
-        })
+        self.select_uids(
+            "cannot read the backlog",
+            "SELECT uid FROM backlog WHERE account = ?1 AND folder = ?2 AND uidvalidity = ?3
+             ORDER BY uid LIMIT ?4",
+            mailbox,
+            uidvalidity,
+            limit,
+        )
         .await
     }
 
@@ -308,20 +301,14 @@ impl IngestStore for SqliteStore {
     }
 
     async fn pending_marks(&self, mailbox: &MailboxId, uidvalidity: u32) -> Result<Vec<u32>> {
-        let mailbox = mailbox.clone();
-        self.run("cannot read the pending marks", move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT uid FROM imap_marks WHERE account = ?1 AND folder = ?2 AND uidvalidity = ?3
-                 ORDER BY uid",
-            )?;
-            let uids = stmt
-                .query_map(
-                    params![mailbox.account, mailbox.folder, uidvalidity],
-                    |row| row.get(0),
-                )?
-                .collect();
-            uids
-        })
+        self.select_uids(
+            "cannot read the pending marks",
+            "SELECT uid FROM imap_marks WHERE account = ?1 AND folder = ?2 AND uidvalidity = ?3
+             ORDER BY uid LIMIT ?4",
+            mailbox,
+            uidvalidity,
+            usize::MAX,
+        )
         .await
     }
 
@@ -343,6 +330,31 @@ impl IngestStore for SqliteStore {
 }
 
 impl SqliteStore {
+    /// Up to `limit` UIDs of `mailbox` that `sql` selects (parameters: account, folder,
+    /// UIDVALIDITY, limit).
+    async fn select_uids(
+        &self,
+        context: &'static str,
+        sql: &'static str,
+        mailbox: &MailboxId,
+        uidvalidity: u32,
+        limit: usize,
+    ) -> Result<Vec<u32>> {
+        let mailbox = mailbox.clone();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(context, move |conn| {
+            let mut stmt = conn.prepare_cached(sql)?;
+            let uids = stmt
+                .query_map(
+                    params![mailbox.account, mailbox.folder, uidvalidity, limit],
+                    |row| row.get(0),
+                )?
+                .collect();
+            uids
+        })
+        .await
+    }
+
     /// Deletes `uids` of `mailbox` with `sql`; with `older_too`, also every mark of another
     /// UIDVALIDITY (their UIDs no longer name anything).
     async fn delete_uids(
