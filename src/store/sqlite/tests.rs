@@ -394,3 +394,31 @@ async fn a_newer_schema_is_refused() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn only_ingest_and_operator_writes_wait_for_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("h.db"), Access::Daemon).unwrap();
+    let synchronous = |store: &SqliteStore| -> i64 {
+        store
+            .inner
+            .conn()
+            .connection
+            .pragma_query_value(None, "synchronous", |row| row.get(0))
+            .unwrap()
+    };
+    const NORMAL: i64 = 1;
+    const FULL: i64 = 2;
+    assert_eq!(synchronous(&store), FULL, "opened synced");
+    store.commit(batch(1, &[1], &["a"], true)).await.unwrap();
+    assert_eq!(synchronous(&store), FULL, "ingest commits are synced");
+    dispatch_all(&store).await;
+    assert_eq!(synchronous(&store), NORMAL, "dispatch needs no fsync");
+    let row = store.claim("a", now_ms(), 1).await.unwrap().remove(0);
+    store.mark_sent(row.id).await.unwrap();
+    assert_eq!(synchronous(&store), NORMAL);
+    store.cursor(&inbox()).await.unwrap();
+    assert_eq!(synchronous(&store), NORMAL, "a read changes nothing");
+    assert!(!store.retry_now(row.id).await.unwrap());
+    assert_eq!(synchronous(&store), FULL, "an operator's command is synced");
+}
