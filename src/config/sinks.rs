@@ -1,0 +1,126 @@
+//! `[sinks.NAME]`: the reader for one sink table, which takes out herald's own delivery-policy
+//! keys ([`DeliveryPolicy`]) and hands the rest to the sink type that `type` names.
+//!
+//! Guarantees: the sink never sees the policy keys; a policy has `retry_min` above zero and
+//! `retry_max` at least `retry_min`; every error, even one inside a sink's own keys, points
+//! at the offending key (or, where that key cannot be found, at the sink's table).
+
+use std::time::Duration;
+
+use herald_bridges::SinkConfig;
+use toml::de::DeValue;
+use toml::Spanned;
+
+use super::spans::{line_column, span_of_key, Context};
+use super::ConfigError;
+
+/// How herald retries one sink's deliveries: keys of `[sinks.NAME]` that herald reads itself
+/// (the sink never sees them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryPolicy {
+    /// The first retry's delay, and the floor of every later one.
+    pub retry_min: Duration,
+    /// The ceiling of the exponential backoff.
+    pub retry_max: Duration,
+    /// A row still undelivered this long after its alert was stored is dead-lettered.
+    pub max_age: Duration,
+}
+
+impl Default for DeliveryPolicy {
+    /// 1 s → 5 min (Vector's and reliability.md G4's starting points); 24 h: an alert older
+    /// than a day is news to no one, and Postfix's five days is far too long for a page.
+    fn default() -> Self {
+        DeliveryPolicy {
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+            max_age: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The `[sinks.NAME]` keys that are [`DeliveryPolicy`]'s.
+const POLICY_KEYS: [&str; 3] = ["retry_min", "retry_max", "max_age"];
+
+impl Context<'_> {
+    /// Reads one `[sinks.NAME]` table: herald's delivery keys, then the rest by its `type`.
+    pub(super) fn sink(
+        &self,
+        key: &str,
+        value: Spanned<DeValue<'_>>,
+    ) -> Result<(SinkConfig, DeliveryPolicy), ConfigError> {
+        let span = value.span();
+        let DeValue::Table(mut table) = value.into_inner() else {
+            return Err(self.error(span, key, "must be a table"));
+        };
+        let mut policy = DeliveryPolicy::default();
+        for name in POLICY_KEYS {
+            let Some(value) = table.remove(name) else {
+                continue;
+            };
+            let path = format!("{key}.{name}");
+            let text = value.get_ref().as_str().ok_or_else(|| {
+                self.error(
+                    value.span(),
+                    &path,
+                    "must be a duration string such as \"30s\"",
+                )
+            })?;
+            let duration = humantime::parse_duration(text).map_err(|e| {
+                self.error(
+                    value.span(),
+                    &path,
+                    format!("invalid duration {text:?}: {e}"),
+                )
+            })?;
+            match name {
+                "retry_min" => policy.retry_min = duration,
+                "retry_max" => policy.retry_max = duration,
+                _ => policy.max_age = duration,
+            }
+        }
+        if policy.retry_min.is_zero() || policy.retry_max < policy.retry_min {
+            let at =
+                span_of_key(self.text, &format!("{key}.retry_max")).unwrap_or_else(|| span.clone());
+            return Err(self.error(
+                at,
+                &format!("{key}.retry_max"),
+                "must be at least retry_min, which must be above zero",
+            ));
+        }
+        let Some(type_value) = table.remove("type") else {
+            return Err(self.error(
+                span,
+                key,
+                format!(
+                    "missing key `type` (one of: {})",
+                    SinkConfig::TYPES.join(", ")
+                ),
+            ));
+        };
+        let type_span = type_value.span();
+        let Some(type_name) = type_value.get_ref().as_str().map(str::to_owned) else {
+            return Err(self.error(type_span, &format!("{key}.type"), "must be a string"));
+        };
+        let deserializer = toml::de::Deserializer::from(Spanned::new(span.clone(), table));
+        let config = SinkConfig::deserialize_typed(&type_name, deserializer).map_err(|e| {
+            let mut error = self.toml_error(&e);
+            if e.message().starts_with("unknown variant") {
+                error.position = Some(line_column(self.text, type_span.start));
+                error.key = Some(format!("{key}.type"));
+            }
+            error
+        })?;
+        config.validate().map_err(|e| match e {
+            herald_bridges::SinkError::Invalid {
+                key: field,
+                message,
+            } => {
+                let path = format!("{key}.{field}");
+                let at = span_of_key(self.text, &path).unwrap_or_else(|| span.clone());
+                self.error(at, &path, message)
+            }
+            other => self.error(span.clone(), key, other.to_string()),
+        })?;
+        Ok((config, policy))
+    }
+}

@@ -1,0 +1,48 @@
+//! `herald classify --explain`: what each rule made of a message ([`RuleTrace`]), and its two
+//! renderings, JSON and text.
+//!
+//! Guarantees: one trace entry per rule, in order, including the rules never reached; the
+//! actual values quoted are single lines of at most [`EXPLAIN_VALUE_CHARS`] characters.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+/// How much of an actual value `--explain` quotes: enough to recognise it.
+pub(super) const EXPLAIN_VALUE_CHARS: usize = 80;
+
+/// What happened with one rule, for `herald classify --explain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleTrace {
+    /// The rule's name.
+    pub rule: String,
+    /// Whether all its conditions held.
+    pub matched: bool,
+    /// The first condition that failed (`kind: expected cron, got other`), or why the rule was
+    /// not tried; `null` when it matched.
+    pub failed: Option<String>,
+    /// Whether the rule was tried at all: `false` once an earlier rule decided.
+    pub reached: bool,
+}
+
+/// Adds `"explain": [...]` to a `classify --json` object.
+pub fn explain_json(object: &mut serde_json::Value, trace: &[RuleTrace]) {
+    if let serde_json::Value::Object(map) = object {
+        map.insert("explain".into(), serde_json::json!(trace));
+    }
+}
+
+/// The `classify --explain` text: one indented line per rule.
+pub fn explain_text(trace: &[RuleTrace]) -> String {
+    let mut out = String::new();
+    for t in trace {
+        let outcome = match (&t.failed, t.reached) {
+            (None, _) => "matched".to_owned(),
+            (Some(_), false) => "not reached".to_owned(),
+            (Some(why), true) => format!("no match: {why}"),
+        };
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "    rule {}: {outcome}", t.rule);
+    }
+    out
+}
