@@ -41,6 +41,16 @@ async fn a_0_1_state_is_migrated_in_place_with_nothing_lost() {
 
     let store = store::open(path.clone(), Access::Daemon).await.unwrap();
     assert_eq!(version(&path), 2);
+    let warning_rows: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM outbox WHERE priority = 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(
+        warning_rows, 18,
+        "every 0.1 row gets its alert's severity (warning)"
+    );
     let inbox = MailboxId::new("default", "INBOX");
     let cron = MailboxId::new("default", "Cron");
     assert_eq!(

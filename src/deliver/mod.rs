@@ -9,9 +9,13 @@
 //! - delivered: `sent`, only after the sink confirmed;
 //! - retry: back to `pending`, due again after the receiver's `Retry-After` if it gave one
 //!   (no request before it), else after a capped exponential backoff with full jitter
-//!   (`retry_min` doubling up to `retry_max`). The worker then pauses for that delay before
-//!   trying anything else, so a sink that is down is not hammered, and the rest of the batch
-//!   goes back to `pending` untouched;
+//!   (`retry_min` doubling up to `retry_max`). One failure is taken as the alert's own (a
+//!   payload the receiver chokes on): the next row is tried at once, so a poisoned alert
+//!   never holds up the healthy ones behind it. A `Retry-After`, or a second failure in a
+//!   row, means the sink itself is down or throttling: the worker pauses (for the
+//!   `Retry-After`, else a backoff that grows with the failures in a row) before trying
+//!   anything else, so a sink that is down is not hammered, and the rest of the batch goes
+//!   back to `pending` untouched;
 //! - rejected, or still undelivered `max_age` after the alert was stored: `dead` — logged at
 //!   ERROR and announced through the `[defaults] fallback` sink in the same transaction.
 //!
@@ -134,6 +138,9 @@ impl Worker {
     /// Runs until `stop`; an attempt under way when `stop` comes is finished first (the
     /// caller bounds that with its shutdown deadline). Fails only if the store fails.
     pub async fn run(self, stop: CancellationToken) -> Result<()> {
+        // Failed attempts in a row, across batches: one failure followed by a success was
+        // that alert's own problem; two in a row mean the sink itself is unwell.
+        let mut failures: u32 = 0;
         while !stop.is_cancelled() {
             let due = self
                 .store
@@ -177,8 +184,10 @@ impl Worker {
                         self.metrics
                             .delivery_latency(&self.name, age as f64 / 1000.0);
                         self.store.mark_sent(row.id).await?;
+                        failures = 0;
                     }
                     Outcome::Retry { after, reason } => {
+                        self.metrics.delivery(&self.name, metrics::Outcome::Retry);
                         let delay = after.unwrap_or_else(|| backoff(row.attempts, &self.policy));
                         warn!(sink = %self.name, id = row.id, attempt = row.attempts + 1, error = %reason, retry_in = ?delay, "Delivery failed, will retry.");
                         self.store
@@ -188,13 +197,24 @@ impl Worker {
                                 reason,
                             )
                             .await?;
-                        pause = Some(delay);
-                        break;
+                        failures = failures.saturating_add(1);
+                        // The receiver said when to come back (a 429's Retry-After), or a
+                        // second attempt in a row failed: the sink is down or throttling, so
+                        // nothing more goes to it for a while — longer the longer it fails.
+                        // A single failure may be the alert's own (a body the receiver chokes
+                        // on): the next row is tried at once, so it never holds up the rest.
+                        if after.is_some() || failures >= 2 {
+                            let sink_delay = backoff(failures.saturating_sub(2), &self.policy);
+                            pause = Some(after.unwrap_or(sink_delay));
+                            break;
+                        }
                     }
                     Outcome::Rejected { reason } => {
                         self.metrics
                             .delivery(&self.name, metrics::Outcome::Rejected);
                         self.dead_letter(&row, true, &reason).await?;
+                        // A definite answer: the sink is up, only this alert is refused.
+                        failures = 0;
                     }
                 }
                 if stop.is_cancelled() {
@@ -444,5 +464,143 @@ mod tests {
         )
         .await;
         assert_eq!(sink.calls.lock().unwrap().len(), 1);
+    }
+
+    /// A sink that answers by the alert's title and records who was called when.
+    struct Judge {
+        verdict: fn(&str) -> Outcome,
+        calls: Mutex<Vec<(String, Instant)>>,
+    }
+
+    impl Sink for Judge {
+        fn deliver<'a>(&'a self, alert: &'a Alert) -> DeliverFuture<'a> {
+            Box::pin(async move {
+                self.calls
+                    .lock()
+                    .unwrap()
+                    .push((alert.title.clone(), Instant::now()));
+                (self.verdict)(&alert.title)
+            })
+        }
+    }
+
+    /// A store with one dispatched row for sink `s` per title, and a worker with `judge`.
+    async fn judged(
+        titles: &[&str],
+        verdict: fn(&str) -> Outcome,
+    ) -> (tempfile::TempDir, Arc<dyn Store>, Arc<Judge>, Worker) {
+        let (dir, store) = testing::store().await;
+        let uids: Vec<u32> = (1..=titles.len() as u32).collect();
+        let mut batch = testing::batch(1, &uids, &["s"], false);
+        for (message, title) in batch.messages.iter_mut().zip(titles) {
+            if let Some(routed) = &mut message.routed {
+                routed.alert.title = (*title).to_owned();
+            }
+        }
+        store.commit(batch).await.unwrap();
+        testing::dispatch_all(&*store).await;
+        let judge = Arc::new(Judge {
+            verdict,
+            calls: Mutex::default(),
+        });
+        let shared = Shared {
+            store: store.clone(),
+            dispatch: Arc::new(Notify::new()),
+            fallback: None,
+            metrics: Metrics::new(),
+        };
+        let fanout = Fanout::new([("s".to_string(), vec![String::new()])]);
+        let worker = Worker::new(
+            "s".into(),
+            judge.clone(),
+            DeliveryPolicy::default(),
+            &fanout,
+            shared,
+        );
+        (dir, store, judge, worker)
+    }
+
+    fn server_error() -> Outcome {
+        Outcome::Retry {
+            after: None,
+            reason: "HTTP 500".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_alert_that_keeps_failing_does_not_hold_up_the_others() {
+        let (_dir, store, judge, worker) =
+            judged(&["poison", "ok 1", "ok 2"], |title| match title {
+                "poison" => server_error(),
+                _ => Outcome::Delivered,
+            })
+            .await;
+        let started = Instant::now();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(worker.run(stop.clone()));
+        let healthy_sent = async {
+            loop {
+                let rows = store.unsent().await.unwrap();
+                if rows.len() == 1 {
+                    return rows;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let left = tokio::time::timeout(Duration::from_secs(60), healthy_sent)
+            .await
+            .expect("the healthy alerts are delivered");
+        assert_eq!(left[0].title, "poison");
+        let calls = judge.calls.lock().unwrap().clone();
+        let ok: Vec<_> = calls.iter().filter(|(t, _)| t.starts_with("ok")).collect();
+        assert_eq!(ok.len(), 2);
+        assert!(
+            ok.iter()
+                .all(|(_, at)| *at - started < Duration::from_millis(100)),
+            "delivered at once, not after the poisoned alert's backoff: {calls:?}"
+        );
+        stop.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sink_that_is_down_is_paused_after_two_failures_in_a_row() {
+        let (_dir, _store, judge, worker) =
+            judged(&["a", "b", "c", "d", "e"], |_| server_error()).await;
+        let started = Instant::now();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(worker.run(stop.clone()));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let early = judge
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, at)| *at - started < Duration::from_millis(500))
+            .count();
+        assert_eq!(early, 2, "one probe after the first failure, then a pause");
+        stop.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_pauses_the_sink_at_once() {
+        let (_dir, _store, judge, worker) = judged(&["a", "b", "c"], |_| Outcome::Retry {
+            after: Some(Duration::from_secs(30)),
+            reason: "HTTP 429".into(),
+        })
+        .await;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(worker.run(stop.clone()));
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert_eq!(
+            judge.calls.lock().unwrap().len(),
+            1,
+            "nothing before Retry-After"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(judge.calls.lock().unwrap().len(), 2, "one attempt after it");
+        stop.cancel();
+        task.await.unwrap().unwrap();
     }
 }

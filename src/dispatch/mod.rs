@@ -141,6 +141,7 @@ impl Dispatcher {
                 debug!(id = alert.id, rows = destinations.len(), "Alert dispatched.");
                 Dispatch {
                     alert_id: alert.id,
+                    severity: alert.routed.alert.severity,
                     destinations,
                 }
             })

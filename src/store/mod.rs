@@ -46,8 +46,8 @@
 //!   partial index on undispatched ids. Ingest inserts with `ON CONFLICT (content_key) DO
 //!   NOTHING` and must learn which rows were new (`RETURNING id`).
 //! - `outbox`: one row per (alert, sink, target) with `state` in pending | sending | sent |
-//!   dead, `attempts`, `next_attempt_at`, `last_error`; an index on (sink, state,
-//!   next_attempt_at). Claiming is `UPDATE ... SET state = 'sending' WHERE id IN (SELECT ...
+//!   dead, `priority` (the severity: claims take the most severe first), `attempts`,
+//!   `next_attempt_at`, `last_error`; an index on (sink, state, next_attempt_at). Claiming is `UPDATE ... SET state = 'sending' WHERE id IN (SELECT ...
 //!   FOR UPDATE SKIP LOCKED) RETURNING ...` in PostgreSQL, so replicas never claim one row
 //!   twice; SQLite has one writer and claims in a transaction.
 //! - `backlog` and `imap_marks`: sets of `(account, folder, uidvalidity, uid)`.
@@ -67,7 +67,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use herald_bridges::Alert;
+use herald_bridges::{Alert, Severity};
 
 /// Milliseconds since the Unix epoch: the store's clock.
 pub fn now_ms() -> i64 {
@@ -177,6 +177,8 @@ pub struct Undispatched {
 pub struct Dispatch {
     /// The alert's id.
     pub alert_id: i64,
+    /// Its severity: within a sink, critical rows are delivered before warning before info.
+    pub severity: Severity,
     /// One outbox row for each.
     pub destinations: Vec<Destination>,
 }
@@ -387,8 +389,9 @@ pub trait DispatchStore: Send + Sync {
 /// What a delivery worker needs.
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
-    /// Claims up to `limit` pending rows of `sink` due at `now`, oldest first: they become
-    /// `sending` until marked sent, retried, dead or released.
+    /// Claims up to `limit` pending rows of `sink` due at `now`, the most severe first and
+    /// then the longest due: they become `sending` until marked sent, retried, dead or
+    /// released.
     async fn claim(&self, sink: &str, now: i64, limit: usize) -> Result<Vec<Due>>;
     /// Returns claimed rows to `pending` untouched (their turn did not come).
     async fn release(&self, ids: Vec<i64>) -> Result<()>;
@@ -506,6 +509,7 @@ pub(crate) mod testing {
             .into_iter()
             .map(|u| Dispatch {
                 alert_id: u.id,
+                severity: u.routed.alert.severity,
                 destinations: to(&u
                     .routed
                     .sinks

@@ -4,6 +4,8 @@
 //! client has seen the response the request is already visible to the test. Answers follow
 //! an optional script ([`Reply`]s in order, then 200), which is how retry behaviour is
 //! tested against real HTTP. Connections are kept alive, as a pooling client expects.
+//! [`Receiver::set_delay`] makes every answer wait, recorded first: a slow sink, whose
+//! request is already seen while its client still waits for the confirmation.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -93,6 +95,8 @@ struct Shared {
     received: Vec<Received>,
     /// Replies still to give; empty means 200.
     script: VecDeque<Reply>,
+    /// How long each answer waits after its request was recorded.
+    delay: Duration,
 }
 
 /// A running loopback HTTP server; stops (closing its connections) on drop.
@@ -129,6 +133,7 @@ impl Receiver {
         let shared = Arc::new(Mutex::new(Shared {
             received: Vec::new(),
             script: script.into(),
+            delay: Duration::ZERO,
         }));
         let (tx, rx) = mpsc::unbounded_channel();
         let server = tokio::spawn(serve(listener, Arc::clone(&shared), tx));
@@ -148,6 +153,12 @@ impl Receiver {
     /// The bound port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Makes every answer from now on wait `delay` after its request was recorded (zero,
+    /// the default, answers at once): a sink that takes that long to confirm.
+    pub fn set_delay(&self, delay: Duration) {
+        self.lock().delay = delay;
     }
 
     /// Waits for the next request not yet returned by `next`.
@@ -241,7 +252,7 @@ async fn handle(
     let body = serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null);
     let at = Instant::now();
 
-    let reply = {
+    let (reply, delay) = {
         let mut shared = shared.lock().unwrap_or_else(|e| e.into_inner());
         let reply = shared
             .script
@@ -259,8 +270,11 @@ async fn handle(
         shared.received.push(received.clone());
         // The Receiver may have been dropped already; then nobody is listening.
         let _ = tx.send(received);
-        reply
+        (reply, shared.delay)
     };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
 
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = plain(status, &reply.body);

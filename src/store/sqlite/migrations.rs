@@ -61,7 +61,8 @@ const STEPS: &[&str] = &[
     ) WITHOUT ROWID;
     ",
     // 2: several accounts (a mailbox is `(account, folder)`; 0.1's one account is
-    // `default`), and the dispatch stage (an alert carries its routed sinks and is
+    // `default`), delivery by priority (an outbox row carries its alert's severity), and the
+    // dispatch stage (an alert carries its routed sinks and is
     // undispatched until dispatch has written its outbox rows). 0.1's alerts already have
     // their rows: they are dispatched, with the sinks their rows name. Herald's own notices
     // (0.1 filed them under the mailbox `herald:dead-letters`) belong to no mailbox.
@@ -107,6 +108,13 @@ const STEPS: &[&str] = &[
     ALTER TABLE alerts_v2 RENAME TO alerts;
     CREATE UNIQUE INDEX alerts_content ON alerts (content_key);
     CREATE INDEX alerts_undispatched ON alerts (id) WHERE dispatched_at IS NULL;
+
+    -- Within a sink, critical rows go before warning before info (claims order by it).
+    ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    UPDATE outbox SET priority = (
+        SELECT CASE json_extract(alerts.alert, '$.severity')
+                   WHEN 'critical' THEN 2 WHEN 'warning' THEN 1 ELSE 0 END
+        FROM alerts WHERE alerts.id = outbox.alert_id);
 
     CREATE TABLE backlog_v2 (
         account     TEXT NOT NULL,

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use herald_bridges::Alert;
+use herald_bridges::{Alert, Severity};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{
@@ -498,8 +498,8 @@ impl DispatchStore for SqliteStore {
             let now = now_ms();
             {
                 let mut insert_row = tx.prepare_cached(
-                    "INSERT INTO outbox (alert_id, sink, target, state, next_attempt_at, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?4)",
+                    "INSERT INTO outbox (alert_id, sink, target, state, priority, next_attempt_at, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?5, ?5)",
                 )?;
                 let mut done = tx.prepare_cached(
                     "UPDATE alerts SET dispatched_at = ?2 WHERE id = ?1 AND dispatched_at IS NULL",
@@ -510,8 +510,15 @@ impl DispatchStore for SqliteStore {
                     if done.execute(params![decision.alert_id, now])? == 0 {
                         continue;
                     }
+                    let priority = priority(decision.severity);
                     for d in decision.destinations {
-                        insert_row.execute(params![decision.alert_id, d.sink, d.target, now])?;
+                        insert_row.execute(params![
+                            decision.alert_id,
+                            d.sink,
+                            d.target,
+                            priority,
+                            now
+                        ])?;
                     }
                 }
             }
@@ -533,7 +540,7 @@ impl OutboxStore for SqliteStore {
                     "SELECT o.id, o.target, a.created_at, a.alert, o.attempts
                      FROM outbox o JOIN alerts a ON a.id = o.alert_id
                      WHERE o.sink = ?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
-                     ORDER BY o.next_attempt_at, o.id LIMIT ?3",
+                     ORDER BY o.priority DESC, o.next_attempt_at, o.id LIMIT ?3",
                 )?;
                 let due = stmt
                     .query_map(params![sink, now, limit], |row| {
@@ -755,6 +762,15 @@ impl AdminStore for SqliteStore {
             rows
         })
         .await
+    }
+}
+
+/// An outbox row's `priority`: higher goes first (the migration maps 0.1's rows the same way).
+fn priority(severity: Severity) -> i64 {
+    match severity {
+        Severity::Critical => 2,
+        Severity::Warning => 1,
+        Severity::Info => 0,
     }
 }
 

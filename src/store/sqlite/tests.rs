@@ -61,6 +61,7 @@ async fn dispatching_an_alert_twice_writes_its_rows_once() {
     let waiting = store.undispatched(10).await.unwrap();
     let decision = Dispatch {
         alert_id: waiting[0].id,
+        severity: waiting[0].routed.alert.severity,
         destinations: to(&["a"]),
     };
     store.dispatch(vec![decision.clone()]).await.unwrap();
@@ -421,4 +422,30 @@ async fn only_ingest_and_operator_writes_wait_for_the_disk() {
     assert_eq!(synchronous(&store), NORMAL, "a read changes nothing");
     assert!(!store.retry_now(row.id).await.unwrap());
     assert_eq!(synchronous(&store), FULL, "an operator's command is synced");
+}
+
+#[tokio::test]
+async fn claims_take_the_most_severe_rows_first() {
+    let (_dir, store) = store().await;
+    let mut b = batch(1, &[1, 2, 3], &["a"], false);
+    for (message, severity) in b.messages.iter_mut().zip([
+        herald_bridges::Severity::Info,
+        herald_bridges::Severity::Critical,
+        herald_bridges::Severity::Warning,
+    ]) {
+        if let Some(routed) = &mut message.routed {
+            routed.alert.severity = severity;
+            routed.alert.title = severity.as_str().to_owned();
+        }
+    }
+    store.commit(b).await.unwrap();
+    dispatch_all(&*store).await;
+    let order: Vec<String> = store
+        .claim("a", now_ms(), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.alert.title)
+        .collect();
+    assert_eq!(order, vec!["critical", "warning", "info"]);
 }
