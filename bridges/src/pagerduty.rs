@@ -163,6 +163,17 @@ fn severity(severity: Severity) -> &'static str {
     }
 }
 
+/// `source` is required on triggers: the host, or [`UNKNOWN_SOURCE`] when the alert names none
+/// or its host is nothing printable (a host of only control characters is empty on one line).
+fn source(alert: &Alert) -> String {
+    alert
+        .host
+        .as_deref()
+        .map(label)
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| UNKNOWN_SOURCE.to_owned())
+}
+
 fn label(text: &str) -> String {
     fit_chars(&one_line(text, usize::MAX), LABEL_CHARS, no_escape)
 }
@@ -216,7 +227,7 @@ pub fn payload(alert: &Alert, routing_key: &str, template: Option<&Template>) ->
     }
     let mut inner = json!({
         "summary": summary,
-        "source": label(alert.host.as_deref().unwrap_or(UNKNOWN_SOURCE)),
+        "source": source(alert),
         "severity": severity(alert.severity),
         "class": alert.kind.as_str(),
         "custom_details": Value::Object(details),
@@ -341,6 +352,16 @@ mod tests {
         let mut b = a.clone();
         b.dedup_key.push('x');
         assert_ne!(dedup_key(&b), k, "the digest covers the whole key");
+    }
+
+    #[test]
+    fn a_blank_host_still_names_a_source() {
+        for host in [None, Some(""), Some(" \u{7}\t")] {
+            let mut a = Alert::sample();
+            a.host = host.map(str::to_owned);
+            let p = payload(&a, "KEY", None);
+            assert_eq!(p["payload"]["source"], json!(UNKNOWN_SOURCE), "{host:?}");
+        }
     }
 
     #[test]

@@ -24,8 +24,9 @@ use tracing::{debug, warn};
 
 use crate::store::{Destination, Dispatch, DispatchStore};
 
-/// Alerts decided per transaction: one fsync for a burst, and a bound on memory.
-const BATCH: usize = 256;
+/// Alerts decided per transaction: one commit for a burst, and a bound on the alerts held
+/// in memory (half an ingest chunk: a drain keeps dispatch and delivery going in step).
+const BATCH: usize = 64;
 
 /// How often dispatch looks for work when not woken. Every writer wakes it, so this only
 /// matters after a wake-up was missed: a backstop, not a schedule.

@@ -115,6 +115,14 @@ const STEPS: &[&str] = &[
         SELECT CASE json_extract(alerts.alert, '$.severity')
                    WHEN 'critical' THEN 2 WHEN 'warning' THEN 1 ELSE 0 END
         FROM alerts WHERE alerts.id = outbox.alert_id);
+    -- The outbox's indexes hold pending rows only: a claim (pending -> sending) leaves them,
+    -- and acknowledging a delivery (sending -> sent), done once per delivery, touches no index
+    -- at all. A claim walks `outbox_claim` in its order and stops at its limit, instead of
+    -- sorting every due row of the sink (a drain of 10,000 rows would sort them per claim).
+    DROP INDEX outbox_due;
+    CREATE INDEX outbox_due ON outbox (sink, next_attempt_at) WHERE state = 'pending';
+    CREATE INDEX outbox_claim ON outbox (sink, priority DESC, next_attempt_at, id)
+        WHERE state = 'pending';
 
     CREATE TABLE backlog_v2 (
         account     TEXT NOT NULL,

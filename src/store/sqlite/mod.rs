@@ -536,9 +536,11 @@ impl OutboxStore for SqliteStore {
         self.run("cannot claim deliveries", Durability::Crash, move |conn| {
             let tx = conn.transaction()?;
             let due = {
+                // Without statistics the planner could pick `outbox_due` and sort every due
+                // row of the sink for each claim; `outbox_claim` is already in claim order.
                 let mut stmt = tx.prepare_cached(
                     "SELECT o.id, o.target, a.created_at, a.alert, o.attempts
-                     FROM outbox o JOIN alerts a ON a.id = o.alert_id
+                     FROM outbox o INDEXED BY outbox_claim JOIN alerts a ON a.id = o.alert_id
                      WHERE o.sink = ?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
                      ORDER BY o.priority DESC, o.next_attempt_at, o.id LIMIT ?3",
                 )?;
