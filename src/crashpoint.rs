@@ -4,7 +4,8 @@
 //! `HERALD_CRASH_POINT=NAME` makes the process abort (no unwinding, no destructors, like
 //! `kill -9`) the first time it reaches point NAME. Unset, a point costs one load of a
 //! once-initialised value. The points: `after-fetch` (a message fetched, nothing stored),
-//! `after-commit` (alerts committed, nothing marked on the server), `before-flag` (about to
+//! `after-commit` (alerts committed by ingest, nothing dispatched or marked on the server),
+//! `after-dispatch` (outbox rows committed, no worker woken), `before-flag` (about to
 //! mark messages processed), `after-send-before-mark` (a sink confirmed, the row not yet
 //! marked sent).
 
