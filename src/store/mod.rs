@@ -5,7 +5,7 @@
 //! rows dispatch creates for them), [`OutboxStore`] (the delivery workers' claims and
 //! outcomes) and [`AdminStore`] (the operator's commands, readiness and pruning). They are
 //! async traits, so a backend that talks to a server and one that runs blocking SQLite calls
-//! on a thread of its own look the same to the stages. [`open`] picks the backend; today that
+//! off the runtime's threads look the same to the stages. [`open`] picks the backend; today that
 //! is SQLite (`sqlite/`).
 //!
 //! # The life of an alert

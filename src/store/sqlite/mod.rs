@@ -5,7 +5,9 @@
 //! Every call runs on tokio's blocking pool (`spawn_blocking`), never on a runtime thread:
 //! an fsync must not stall IMAP or the HTTP server. One connection behind a mutex serves
 //! them all: each call is a short statement or transaction, and SQLite serialises writers
-//! anyway (mini-redis's `db.rs` on when a std mutex is right).
+//! anyway (mini-redis's `db.rs` on when a std mutex is right); the daemon's runtime has one
+//! blocking thread for the same reason. `spawn_blocking` rather than a thread of the store's
+//! own also keeps tokio's paused test clock from jumping ahead while a call is running.
 //!
 //! The schema is versioned (`migrations`), and [`Access::Daemon`] holds an exclusive lock
 //! on `PATH.lock` (see `lock`) for as long as it runs.
