@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use herald_bridges::{Alert, Severity};
+use herald_bridges::Severity;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{
@@ -172,18 +172,31 @@ impl Inner {
 }
 
 /// An alert stored as JSON, read back; a row that does not parse is a corrupt store.
-fn alert_from(id: i64, json: &str) -> rusqlite::Result<Alert> {
+///
+/// Alerts are encoded and decoded by the caller, outside the store's lock: the lock is held
+/// for SQL only, and the JSON work (a few kilobytes an alert) stays on the runtime's threads.
+fn decode<T: serde::de::DeserializeOwned>(id: i64, json: &str) -> Result<T> {
     serde_json::from_str(json).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(
-            0,
-            rusqlite::types::Type::Text,
-            format!("alert {id} is unreadable: {e}").into(),
-        )
+        StoreError::backend(format!("alert {id} in the state database is unreadable"), e)
     })
 }
 
-fn json_error(e: serde_json::Error) -> rusqlite::Error {
-    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+/// A routed alert as stored: its JSON, its sinks' JSON and its Message-ID.
+struct Encoded {
+    alert: String,
+    sinks: String,
+    message_id: Option<String>,
+}
+
+impl Encoded {
+    fn of(routed: &Routed) -> Result<Encoded> {
+        let encode = |e| StoreError::backend("cannot encode an alert", e);
+        Ok(Encoded {
+            alert: serde_json::to_string(&routed.alert).map_err(encode)?,
+            sinks: serde_json::to_string(&routed.sinks).map_err(encode)?,
+            message_id: routed.alert.message_id.clone(),
+        })
+    }
 }
 
 /// Inserts a routed alert, undispatched; `None` when its content key is already stored.
@@ -191,7 +204,7 @@ fn insert_alert(
     tx: &rusqlite::Transaction<'_>,
     source: Option<(&MailboxId, u32, u32)>,
     content_key: Option<&str>,
-    routed: &Routed,
+    alert: &Encoded,
     now: i64,
 ) -> rusqlite::Result<Option<i64>> {
     let mut insert = tx.prepare_cached(
@@ -199,18 +212,16 @@ fn insert_alert(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT (content_key) DO NOTHING",
     )?;
-    let json = serde_json::to_string(&routed.alert).map_err(json_error)?;
-    let sinks = serde_json::to_string(&routed.sinks).map_err(json_error)?;
     let inserted = insert.execute(params![
         source.map(|(m, ..)| m.account.as_str()),
         source.map(|(m, ..)| m.folder.as_str()),
         source.map(|(_, v, _)| v),
         source.map(|(.., uid)| uid),
-        routed.alert.message_id,
+        alert.message_id,
         content_key,
         now,
-        json,
-        sinks
+        alert.alert,
+        alert.sinks
     ])?;
     Ok((inserted > 0).then(|| tx.last_insert_rowid()))
 }
@@ -240,53 +251,60 @@ impl IngestStore for SqliteStore {
     }
 
     async fn commit(&self, batch: Batch) -> Result<Committed> {
-        self.run("cannot commit to the state database", Durability::Synced, move |conn| {
-            let Batch {
-                mailbox,
-                uidvalidity,
-                messages,
-                cursor,
-                mark,
-            } = batch;
-            let (account, folder) = (&mailbox.account, &mailbox.folder);
-            let tx = conn.transaction()?;
-            let now = now_ms();
-            let mut known = Vec::new();
-            {
-                let mut insert_mark = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO imap_marks (account, folder, uidvalidity, uid) VALUES (?1, ?2, ?3, ?4)",
-                )?;
-                let mut done = tx.prepare_cached(
-                    "DELETE FROM backlog WHERE account = ?1 AND folder = ?2 AND uidvalidity = ?3 AND uid = ?4",
-                )?;
-                for message in &messages {
-                    done.execute(params![account, folder, uidvalidity, message.uid])?;
-                    if mark {
-                        insert_mark.execute(params![account, folder, uidvalidity, message.uid])?;
-                    }
-                    let Some(routed) = &message.routed else {
-                        continue;
-                    };
-                    let source = Some((&mailbox, uidvalidity, message.uid));
-                    if insert_alert(&tx, source, Some(&message.content_key), routed, now)?
-                        .is_none()
-                    {
-                        known.push(message.uid);
+        let Batch {
+            mailbox,
+            uidvalidity,
+            messages,
+            cursor,
+            mark,
+        } = batch;
+        let rows = messages
+            .iter()
+            .map(|m| {
+                let alert = m.routed.as_ref().map(Encoded::of).transpose()?;
+                Ok((m.uid, m.content_key.clone(), alert))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let known = self
+            .run("cannot commit to the state database", Durability::Synced, move |conn| {
+                let (account, folder) = (&mailbox.account, &mailbox.folder);
+                let tx = conn.transaction()?;
+                let now = now_ms();
+                let mut known = Vec::new();
+                {
+                    let mut insert_mark = tx.prepare_cached(
+                        "INSERT OR IGNORE INTO imap_marks (account, folder, uidvalidity, uid) VALUES (?1, ?2, ?3, ?4)",
+                    )?;
+                    let mut done = tx.prepare_cached(
+                        "DELETE FROM backlog WHERE account = ?1 AND folder = ?2 AND uidvalidity = ?3 AND uid = ?4",
+                    )?;
+                    for (uid, content_key, alert) in &rows {
+                        done.execute(params![account, folder, uidvalidity, uid])?;
+                        if mark {
+                            insert_mark.execute(params![account, folder, uidvalidity, uid])?;
+                        }
+                        let Some(alert) = alert else {
+                            continue;
+                        };
+                        let source = Some((&mailbox, uidvalidity, *uid));
+                        if insert_alert(&tx, source, Some(content_key), alert, now)?.is_none() {
+                            known.push(*uid);
+                        }
                     }
                 }
-            }
-            tx.execute(
-                "INSERT INTO mailboxes (account, folder, uidvalidity, last_uid) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (account, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity,
-                     last_uid = max(excluded.last_uid,
-                                    CASE WHEN mailboxes.uidvalidity = excluded.uidvalidity
-                                         THEN mailboxes.last_uid ELSE 0 END)",
-                params![account, folder, uidvalidity, cursor],
-            )?;
-            tx.commit()?;
-            Ok(Committed { messages, known })
-        })
-        .await
+                tx.execute(
+                    "INSERT INTO mailboxes (account, folder, uidvalidity, last_uid) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (account, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity,
+                         last_uid = max(excluded.last_uid,
+                                        CASE WHEN mailboxes.uidvalidity = excluded.uidvalidity
+                                             THEN mailboxes.last_uid ELSE 0 END)",
+                    params![account, folder, uidvalidity, cursor],
+                )?;
+                tx.commit()?;
+                Ok(known)
+            })
+            .await?;
+        Ok(Committed { messages, known })
     }
 
     async fn record_baseline(
@@ -464,31 +482,30 @@ impl SqliteStore {
 impl DispatchStore for SqliteStore {
     async fn undispatched(&self, limit: usize) -> Result<Vec<Undispatched>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.run("cannot read undispatched alerts", Durability::Read, move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, alert, sinks FROM alerts WHERE dispatched_at IS NULL ORDER BY id LIMIT ?1",
-            )?;
-            let rows = stmt
-                .query_map([limit], |row| {
-                    let id: i64 = row.get(0)?;
-                    let alert = alert_from(id, &row.get::<_, String>(1)?)?;
-                    let sinks: String = row.get(2)?;
-                    let sinks = serde_json::from_str(&sinks).map_err(|e| {
-                        rusqlite::Error::FromSqlConversionFailure(
-                            2,
-                            rusqlite::types::Type::Text,
-                            Box::new(e),
-                        )
-                    })?;
-                    Ok(Undispatched {
-                        id,
-                        routed: Routed { alert, sinks },
-                    })
-                })?
-                .collect();
-            rows
-        })
-        .await
+        let rows = self
+            .run("cannot read undispatched alerts", Durability::Read, move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT id, alert, sinks FROM alerts WHERE dispatched_at IS NULL ORDER BY id LIMIT ?1",
+                )?;
+                let rows = stmt
+                    .query_map([limit], |row| {
+                        Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>();
+                rows
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(id, alert, sinks)| {
+                Ok(Undispatched {
+                    id,
+                    routed: Routed {
+                        alert: decode(id, &alert)?,
+                        sinks: decode(id, &sinks)?,
+                    },
+                })
+            })
+            .collect()
     }
 
     async fn dispatch(&self, decisions: Vec<Dispatch>) -> Result<()> {
@@ -535,40 +552,51 @@ impl OutboxStore for SqliteStore {
     async fn claim(&self, sink: &str, now: i64, limit: usize) -> Result<Vec<Due>> {
         let sink = sink.to_owned();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.run("cannot claim deliveries", Durability::Crash, move |conn| {
-            let tx = conn.transaction()?;
-            let due = {
-                // Without statistics the planner could pick `outbox_due` and sort every due
-                // row of the sink for each claim; `outbox_claim` is already in claim order.
-                let mut stmt = tx.prepare_cached(
-                    "SELECT o.id, o.target, a.created_at, a.alert, o.attempts
+        let rows = self
+            .run("cannot claim deliveries", Durability::Crash, move |conn| {
+                let tx = conn.transaction()?;
+                let due = {
+                    // Without statistics the planner could pick `outbox_due` and sort every due
+                    // row of the sink for each claim; `outbox_claim` is already in claim order.
+                    let mut stmt = tx.prepare_cached(
+                        "SELECT o.id, o.target, a.created_at, a.alert, o.attempts
                      FROM outbox o INDEXED BY outbox_claim JOIN alerts a ON a.id = o.alert_id
                      WHERE o.sink = ?1 AND o.state = 'pending' AND o.next_attempt_at <= ?2
                      ORDER BY o.priority DESC, o.next_attempt_at, o.id LIMIT ?3",
-                )?;
-                let due = stmt
-                    .query_map(params![sink, now, limit], |row| {
-                        let id = row.get(0)?;
-                        Ok(Due {
-                            id,
-                            target: row.get(1)?,
-                            created_at: row.get(2)?,
-                            alert: alert_from(id, &row.get::<_, String>(3)?)?,
-                            attempts: row.get(4)?,
-                        })
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                let mut claim =
-                    tx.prepare_cached("UPDATE outbox SET state = 'sending' WHERE id = ?1")?;
-                for row in &due {
-                    claim.execute([row.id])?;
-                }
-                due
-            };
-            tx.commit()?;
-            Ok(due)
-        })
-        .await
+                    )?;
+                    let due = stmt
+                        .query_map(params![sink, now, limit], |row| {
+                            Ok((
+                                row.get::<_, i64>(0)?,
+                                row.get::<_, String>(1)?,
+                                row.get::<_, i64>(2)?,
+                                row.get::<_, String>(3)?,
+                                row.get::<_, u32>(4)?,
+                            ))
+                        })?
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    let mut claim =
+                        tx.prepare_cached("UPDATE outbox SET state = 'sending' WHERE id = ?1")?;
+                    for (id, ..) in &due {
+                        claim.execute([id])?;
+                    }
+                    due
+                };
+                tx.commit()?;
+                Ok(due)
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(id, target, created_at, alert, attempts)| {
+                Ok(Due {
+                    id,
+                    target,
+                    created_at,
+                    alert: decode(id, &alert)?,
+                    attempts,
+                })
+            })
+            .collect()
     }
 
     async fn release(&self, ids: Vec<i64>) -> Result<()> {
@@ -630,6 +658,7 @@ impl OutboxStore for SqliteStore {
         error: String,
         notice: Option<Routed>,
     ) -> Result<()> {
+        let notice = notice.as_ref().map(Encoded::of).transpose()?;
         self.run(
             "cannot record a dead letter",
             Durability::Synced,
@@ -658,7 +687,7 @@ impl AdminStore for SqliteStore {
         self.run("cannot read the outbox", Durability::Read, |conn| {
             let mut stmt = conn.prepare(
                 "SELECT o.id, o.sink, o.target, o.state, o.attempts, o.next_attempt_at, a.created_at,
-                        o.last_error, a.alert
+                        o.last_error, coalesce(json_extract(a.alert, '$.title'), '')
                  FROM outbox o JOIN alerts a ON a.id = o.alert_id
                  WHERE o.state <> 'sent' ORDER BY o.id",
             )?;
@@ -666,9 +695,6 @@ impl AdminStore for SqliteStore {
                 .query_map([], |row| {
                     let id = row.get(0)?;
                     let state: String = row.get(3)?;
-                    let title = alert_from(id, &row.get::<_, String>(8)?)
-                        .map(|a| a.title)
-                        .unwrap_or_default();
                     Ok(Row {
                         id,
                         sink: row.get(1)?,
@@ -678,7 +704,7 @@ impl AdminStore for SqliteStore {
                         next_attempt_at: row.get(5)?,
                         created_at: row.get(6)?,
                         last_error: row.get(7)?,
-                        title,
+                        title: row.get(8)?,
                     })
                 })?
                 .collect();

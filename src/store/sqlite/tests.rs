@@ -1,6 +1,7 @@
 use super::*;
 use crate::store::testing::{batch, dispatch_all, put, store, to};
 use crate::store::{Access, Fetched, Store};
+use herald_bridges::Alert;
 
 fn inbox() -> MailboxId {
     MailboxId::new("default", "INBOX")
