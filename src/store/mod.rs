@@ -154,15 +154,6 @@ pub struct Batch {
     pub mark: bool,
 }
 
-/// What an ingest commit did.
-#[derive(Debug, Clone)]
-pub struct Committed {
-    /// The batch's messages, handed back.
-    pub messages: Vec<Fetched>,
-    /// UIDs whose content key was already stored (mail seen before), which stored nothing.
-    pub known: Vec<u32>,
-}
-
 /// A routed alert that dispatch has not yet decided on.
 #[derive(Debug, Clone)]
 pub struct Undispatched {
@@ -342,7 +333,10 @@ pub trait IngestStore: Send + Sync {
     async fn cursor(&self, mailbox: &MailboxId) -> Result<Option<Cursor>>;
     /// Commits a batch in one transaction: each message's routed alert (undispatched), a
     /// pending mark per message when asked, the backlog entries it finishes, and the cursor.
-    async fn commit(&self, batch: Batch) -> Result<Committed>;
+    /// Returns the UIDs whose content key was already stored (mail seen before, under other
+    /// UIDs or by an earlier run), which stored nothing. The batch is consumed as it is
+    /// encoded, so a chunk's alerts and their JSON are not held twice.
+    async fn commit(&self, batch: Batch) -> Result<Vec<u32>>;
     /// Records a first start (or a new UIDVALIDITY): the cursor jumps to `last` and `recent`
     /// are the UIDs still to process. One transaction.
     async fn record_baseline(

@@ -363,7 +363,7 @@ impl Mailbox {
                     sinks,
                     dropped,
                 } = decision;
-                fates.push(Fate::of(&alert, dropped, &sinks));
+                fates.push(Fate::of(uid, &alert, dropped, &sinks));
                 let routed =
                     (!dropped && !sinks.is_empty()).then_some(store::Routed { alert, sinks });
                 store::Fetched {
@@ -380,15 +380,15 @@ impl Mailbox {
             cursor,
             mark: self.imap.config.processed != Processed::None,
         };
-        let committed = self.store.commit(batch).await.map_err(|e| {
+        let known = self.store.commit(batch).await.map_err(|e| {
             SessionError::Fatal(
                 anyhow::Error::new(e).context("cannot store alerts; nothing was marked processed"),
             )
         })?;
         let mut stored_any = false;
-        for (message, fate) in committed.messages.iter().zip(&fates) {
-            let uid = message.uid;
-            if committed.known.contains(&uid) {
+        for fate in &fates {
+            let uid = fate.uid;
+            if known.contains(&uid) {
                 info!(mailbox = %self.id, uid, title = %fate.title, "Already alerted on (the same message under another UID); skipped.");
                 continue;
             }
@@ -412,7 +412,7 @@ impl Mailbox {
         if stored_any {
             self.dispatch.notify_one();
         }
-        Ok(committed.messages.iter().map(|m| m.uid).collect())
+        Ok(fates.iter().map(|f| f.uid).collect())
     }
 
     /// Marks stored messages processed on the server, then forgets the marks.
@@ -469,6 +469,7 @@ impl Mailbox {
 
 /// What became of one message, remembered across the commit for its log line.
 struct Fate {
+    uid: u32,
     kind: String,
     rule: Option<String>,
     title: String,
@@ -482,7 +483,7 @@ enum Route {
 }
 
 impl Fate {
-    fn of(alert: &herald_bridges::Alert, dropped: bool, sinks: &[String]) -> Fate {
+    fn of(uid: u32, alert: &herald_bridges::Alert, dropped: bool, sinks: &[String]) -> Fate {
         let route = if dropped {
             Route::Dropped {
                 rule: alert.rule.clone().unwrap_or_default(),
@@ -493,6 +494,7 @@ impl Fate {
             Route::Sinks(sinks.join(","))
         };
         Fate {
+            uid,
             kind: alert.kind.as_str().to_owned(),
             rule: alert.rule.clone(),
             title: alert.title.clone(),

@@ -23,8 +23,8 @@ use herald_bridges::Severity;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{
-    now_ms, Access, AdminStore, Batch, Committed, Cursor, Dispatch, DispatchStore, Due,
-    IngestStore, MailboxId, OutboxStore, Result, Routed, Row, RowState, StoreError, Undispatched,
+    now_ms, Access, AdminStore, Batch, Cursor, Dispatch, DispatchStore, Due, IngestStore,
+    MailboxId, OutboxStore, Result, Routed, Row, RowState, StoreError, Undispatched,
 };
 
 /// The SQLite store.
@@ -250,7 +250,7 @@ impl IngestStore for SqliteStore {
         .await
     }
 
-    async fn commit(&self, batch: Batch) -> Result<Committed> {
+    async fn commit(&self, batch: Batch) -> Result<Vec<u32>> {
         let Batch {
             mailbox,
             uidvalidity,
@@ -259,13 +259,13 @@ impl IngestStore for SqliteStore {
             mark,
         } = batch;
         let rows = messages
-            .iter()
+            .into_iter()
             .map(|m| {
                 let alert = m.routed.as_ref().map(Encoded::of).transpose()?;
-                Ok((m.uid, m.content_key.clone(), alert))
+                Ok((m.uid, m.content_key, alert))
             })
             .collect::<Result<Vec<_>>>()?;
-        let known = self
+        self
             .run("cannot commit to the state database", Durability::Synced, move |conn| {
                 let (account, folder) = (&mailbox.account, &mailbox.folder);
                 let tx = conn.transaction()?;
@@ -303,8 +303,7 @@ impl IngestStore for SqliteStore {
                 tx.commit()?;
                 Ok(known)
             })
-            .await?;
-        Ok(Committed { messages, known })
+            .await
     }
 
     async fn record_baseline(
