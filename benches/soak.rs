@@ -146,6 +146,29 @@ fn tally<'a>(produced: &'a [String], counts: &HashMap<String, usize>) -> Tally<'
     }
 }
 
+impl Tally<'_> {
+    /// The counts and duplicates per kill, as both modes print them.
+    fn print(&self, produced: usize, kills: usize) {
+        println!(
+            "  produced {produced}, delivered {} (unique), lost {}, duplicated {}, unknown {}, kills {kills}",
+            produced - self.lost.len(),
+            self.lost.len(),
+            self.duplicates,
+            self.unknown
+        );
+        println!("  {}", per_kill(self.duplicates, kills));
+    }
+
+    /// Fails, naming them, if any message was lost.
+    fn fail_if_lost(&self) -> Result<()> {
+        if !self.lost.is_empty() {
+            println!("  lost: {:?}", self.lost);
+            anyhow::bail!("{} messages lost", self.lost.len());
+        }
+        Ok(())
+    }
+}
+
 /// "duplicates per kill" and the bound, as both modes print them.
 fn per_kill(duplicates: usize, kills: usize) -> String {
     let ratio = if kills == 0 {
@@ -272,11 +295,7 @@ async fn kills() -> Result<()> {
     } else {
         counts
     };
-    let Tally {
-        lost,
-        duplicates,
-        unknown,
-    } = tally(&produced, &counts);
+    let tally = tally(&produced, &counts);
 
     println!(
         "herald soak, kills: {KILL_MESSAGES} messages every 50-100 ms, {KILLS} SIGKILLs, sink answers after {} ms",
@@ -288,22 +307,12 @@ async fn kills() -> Result<()> {
         drain.as_secs_f64(),
         if drained { "" } else { " (outbox NOT empty)" }
     );
-    println!(
-        "  produced {}, delivered {} (unique), lost {}, duplicated {}, unknown {}, kills {kills}",
-        produced.len(),
-        produced.len() - lost.len(),
-        lost.len(),
-        duplicates,
-        unknown
-    );
-    println!("  {}", per_kill(duplicates, kills));
-    if !lost.is_empty() {
-        println!("  lost: {lost:?}");
-        anyhow::bail!("{} messages lost", lost.len());
-    }
-    if duplicates > kills {
+    tally.print(produced.len(), kills);
+    tally.fail_if_lost()?;
+    if tally.duplicates > kills {
         anyhow::bail!(
-            "{duplicates} duplicates from {kills} kills: more than the deliveries in flight"
+            "{} duplicates from {kills} kills: more than the deliveries in flight",
+            tally.duplicates
         );
     }
     anyhow::ensure!(
@@ -395,11 +404,7 @@ async fn chaos(minutes: f64) -> Result<()> {
 
     let produced: Vec<String> = produced.lock().map(|p| p.clone()).unwrap_or_default();
     let counts = settle(&receiver, &produced, Duration::from_secs(120)).await;
-    let Tally {
-        lost,
-        duplicates,
-        unknown,
-    } = tally(&produced, &counts);
+    let tally = tally(&produced, &counts);
 
     let fresh_start = Instant::now();
     dovecot
@@ -420,15 +425,7 @@ async fn chaos(minutes: f64) -> Result<()> {
 
     println!("herald soak: {minutes} min of chaos");
     println!("  chaos: {kills} herald kills (SIGKILL), {restarts} Dovecot restarts, {imap_faults} IMAP link faults, {sink_faults} sink link faults");
-    println!(
-        "  produced {}, delivered {}, lost {}, duplicated {}, unknown {}",
-        produced.len(),
-        produced.len() - lost.len(),
-        lost.len(),
-        duplicates,
-        unknown
-    );
-    println!("  {}", per_kill(duplicates, kills));
+    tally.print(produced.len(), kills);
     println!(
         "  (not enforced here: a sink link reset after the receiver saw a request repeats it too)"
     );
@@ -439,10 +436,7 @@ async fn chaos(minutes: f64) -> Result<()> {
         ),
         None => println!("  a fresh message after the chaos: NOT delivered within 30 s"),
     }
-    if !lost.is_empty() {
-        println!("  lost: {lost:?}");
-        anyhow::bail!("{} messages lost", lost.len());
-    }
+    tally.fail_if_lost()?;
     if fresh.is_none() {
         anyhow::bail!("herald did not recover");
     }
