@@ -153,12 +153,83 @@ pub struct Alert {
     /// opening one. Absent from JSON when false, so existing consumers see no change.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resolve: bool,
+    /// Set by dispatch on what it sends: the key of the group the notification belongs to
+    /// (the values of the rule's `group_by`, joined by `:`; with the default
+    /// `group_by = ["dedup_key"]` it is the `dedup_key`). Sinks that track incidents
+    /// (PagerDuty) key them by it, so a storm grouped across hosts is one incident. Absent
+    /// from `classify` output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_key: Option<String>,
+    /// Set by dispatch on a reminder: the repeats of this problem that were folded since it
+    /// was last notified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeats: Option<Repeats>,
+    /// Set by dispatch on a digest: the problems it lists (two or more; at most
+    /// [`Alert::DIGEST_MAX_MEMBERS`], the rest counted in `digest_more`). The digest's own
+    /// `title` and `summary` already say, in short, what the members say at length, so a sink
+    /// that shows only those stays correct.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub digest: Vec<Member>,
+    /// How many problems of the digest are not listed in `digest`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub digest_more: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Repeats of one problem folded into a reminder ("failed 37 more times since 03:00").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repeats {
+    /// How many alerts were folded.
+    pub count: u64,
+    /// When the first folded alert came (RFC 3339).
+    pub since: String,
+    /// When the last one came (RFC 3339).
+    pub last: String,
+}
+
+/// One problem listed in a digest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    /// The problem's kind.
+    pub kind: Kind,
+    /// The machine it is about.
+    pub host: Option<String>,
+    /// The cron owner or sudo user.
+    pub user: Option<String>,
+    /// The cron or sudo command.
+    pub command: Option<String>,
+    /// Whether its latest alert reports a failure.
+    pub failed: Option<bool>,
+    /// Its latest alert's severity.
+    pub severity: Severity,
+    /// Its latest alert's title.
+    pub title: String,
+    /// Its latest alert's summary.
+    pub summary: String,
+    /// The problem: its `dedup_key`.
+    pub dedup_key: String,
+    /// How many alerts of the problem the digest covers (at least one).
+    pub count: u64,
+    /// When the first of them came (RFC 3339).
+    pub first: String,
+    /// When the last of them came (RFC 3339).
+    pub last: String,
+    /// Whether this is a reminder of a problem notified before (not a new one).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reminder: bool,
 }
 
 impl Alert {
     /// How much body text an alert carries: enough for any sink's excerpt, small enough that
     /// a queue of thousands of alerts stays a few megabytes.
     pub const BODY_EXCERPT_CHARS: usize = 4000;
+
+    /// How many problems a digest lists: enough for a storm across a rack, few enough that
+    /// one outbox row stays small (each member carries no body).
+    pub const DIGEST_MAX_MEMBERS: usize = 50;
 
     /// A sample alert: what `herald test-sink` sends and what sink tests start from.
     pub fn sample() -> Alert {
@@ -184,6 +255,10 @@ impl Alert {
             account: None,
             mailbox: None,
             resolve: false,
+            group_key: None,
+            repeats: None,
+            digest: Vec::new(),
+            digest_more: 0,
         }
     }
 }

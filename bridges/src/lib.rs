@@ -30,6 +30,6 @@ pub mod tls;
 pub mod twilio;
 pub mod webhook;
 
-pub use alert::{Alert, Kind, Severity};
+pub use alert::{Alert, Kind, Member, Repeats, Severity};
 pub use secret::Secret;
 pub use sink::{Outcome, Sink, SinkConfig, SinkError, SinkKind, SINGLE_TARGET};

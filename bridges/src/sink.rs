@@ -64,6 +64,21 @@ pub trait Sink: Send + Sync {
         self.deliver(alert)
     }
 
+    /// Whether the sink hears of a problem's recovery (an alert with `resolve` set): chat
+    /// sinks show a "resolved" line, PagerDuty resolves the incident; SMS says nothing unless
+    /// its table says `notify_resolved = true`. By default: yes.
+    fn notify_resolved(&self) -> bool {
+        true
+    }
+
+    /// Whether the sink keeps one incident per group (PagerDuty): it hears a recovery only
+    /// when the last open problem of the group recovers, since resolving its incident earlier
+    /// would close it under the problems still open. By default: no, every problem's
+    /// recovery is shown.
+    fn tracks_incidents(&self) -> bool {
+        false
+    }
+
     /// Ends the sink's long-lived resources in an orderly way and waits for that: the IRC
     /// sink sends `QUIT` and closes its connection. Call it once at shutdown, after the last
     /// delivery (later deliveries answer `Retry`). By default there is nothing to do.

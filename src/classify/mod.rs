@@ -398,6 +398,10 @@ pub fn classify(message: &Message) -> Alert {
         account: None,
         mailbox: None,
         resolve: false,
+        group_key: None,
+        repeats: None,
+        digest: Vec::new(),
+        digest_more: 0,
     }
 }
 

@@ -45,5 +45,9 @@ pub(super) fn dead_letter(sink: &str, row: &Due, reason: &str) -> Alert {
         account: None,
         mailbox: None,
         resolve: false,
+        group_key: None,
+        repeats: None,
+        digest: Vec::new(),
+        digest_more: 0,
     }
 }

@@ -59,6 +59,7 @@
 //! - Ownership: SQLite takes an exclusive lock on a file beside the database; PostgreSQL has
 //!   no owner, replicas share, and a lease per mailbox decides who holds its IMAP session.
 
+mod silences;
 mod sqlite;
 
 use std::fmt;
@@ -68,6 +69,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use herald_bridges::{Alert, Severity};
+
+pub use silences::{Silence, SilenceStore};
 
 /// Milliseconds since the Unix epoch: the store's clock.
 pub fn now_ms() -> i64 {

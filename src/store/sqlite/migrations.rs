@@ -146,6 +146,49 @@ const STEPS: &[&str] = &[
     DROP TABLE imap_marks;
     ALTER TABLE imap_marks_v2 RENAME TO imap_marks;
     ",
+    // 3: alert management. `problems` (one per open `dedup_key`: its group, its counts and
+    // timers, its latest alert) and `groups` (when each last notified, when its pending
+    // digest is due) are dispatch's state; `silences` are the operator's; an alert's `fate`
+    // is what dispatch made of it (`herald alerts`). Every alert before this step was sent
+    // as it came, with no state to carry over.
+    "
+    ALTER TABLE alerts ADD COLUMN fate TEXT;
+    CREATE TABLE problems (
+        dedup_key    TEXT PRIMARY KEY,
+        group_id     TEXT NOT NULL,
+        open         INTEGER NOT NULL,
+        first_at     INTEGER NOT NULL,
+        last_at      INTEGER NOT NULL,
+        notified_at  INTEGER,
+        folded       INTEGER NOT NULL DEFAULT 0,
+        folded_since INTEGER,
+        remind_at    INTEGER,
+        expire_at    INTEGER NOT NULL,
+        pending      INTEGER NOT NULL DEFAULT 0,
+        alert_id     INTEGER NOT NULL REFERENCES alerts (id),
+        sinks        TEXT NOT NULL
+    );
+    CREATE INDEX problems_group ON problems (group_id);
+    CREATE INDEX problems_remind ON problems (remind_at) WHERE folded > 0;
+    CREATE INDEX problems_expire ON problems (expire_at);
+    CREATE TABLE groups (
+        id          TEXT PRIMARY KEY,
+        key         TEXT NOT NULL,
+        notified_at INTEGER,
+        flush_at    INTEGER
+    );
+    CREATE INDEX groups_flush ON groups (flush_at) WHERE flush_at IS NOT NULL;
+    CREATE TABLE silences (
+        id         INTEGER PRIMARY KEY,
+        matchers   TEXT NOT NULL,
+        starts_at  INTEGER NOT NULL,
+        ends_at    INTEGER NOT NULL,
+        comment    TEXT NOT NULL DEFAULT '',
+        created_at INTEGER NOT NULL,
+        suppressed INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX silences_active ON silences (ends_at);
+    ",
 ];
 
 /// The version this build writes.
