@@ -65,6 +65,24 @@ enum Command {
         #[command(subcommand)]
         action: OutboxAction,
     },
+    /// Silence alerts for a while: matching alerts are counted, never sent.
+    Silence {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: SilenceAction,
+    },
+    /// The recent alerts and what became of each: sent, grouped, folded, silenced, dropped.
+    Alerts {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// How far back to look.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        since: std::time::Duration,
+        /// One JSON object per alert (JSON Lines).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the version.
     Version,
 }
@@ -81,6 +99,41 @@ enum OutboxAction {
     /// Give up a pending or dead delivery for good.
     Drop {
         /// The row's id, from `outbox list`.
+        id: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SilenceAction {
+    /// Silence the alerts every MATCHER holds for, from now on.
+    Add {
+        /// How long it holds (`30m`, `2h`, `1d`) [default: 2h].
+        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// When it ends: RFC 3339 (`2026-12-24T08:00:00+01:00`) or `YYYY-MM-DDTHH:MM` in
+        /// local time.
+        #[arg(long, value_name = "TIME", conflicts_with = "duration")]
+        until: Option<String>,
+        /// Why it was made (shown by `silence list`).
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
+        /// `key=glob` or `key~regex`, all of which must hold. Keys: kind, host, user, command,
+        /// from, account, mailbox, rule, dedup_key, subject, body, severity, failed.
+        #[arg(value_name = "MATCHER", required = true)]
+        matchers: Vec<String>,
+    },
+    /// The silences in force (with `--all`, the ended ones too), newest first.
+    List {
+        /// One JSON object per silence (JSON Lines).
+        #[arg(long)]
+        json: bool,
+        /// Also the silences that have ended.
+        #[arg(long)]
+        all: bool,
+    },
+    /// End a silence now; what it suppressed stays unsent.
+    Expire {
+        /// The silence's id, from `silence list`.
         id: i64,
     },
 }
@@ -138,6 +191,23 @@ pub fn main() -> ExitCode {
             Ok(test_sink(&name, &sink))
         }),
         Command::Outbox { config, action } => load(&config).map(|config| outbox(&config, &action)),
+        Command::Silence { config, action } => {
+            // A wrong matcher or time is bad usage: said before the configuration is read,
+            // and the state is not touched.
+            let action = match SilenceCommand::new(action, store::now_ms()) {
+                Ok(action) => action,
+                Err(message) => {
+                    eprintln!("herald: {message}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            load(&config).map(|config| silence(&config, action))
+        }
+        Command::Alerts {
+            config,
+            since,
+            json,
+        } => load(&config).map(|config| alerts(&config, since, json)),
         Command::Version => {
             println!("herald {}", env!("CARGO_PKG_VERSION"));
             Ok(Ok(()))
@@ -242,6 +312,7 @@ fn classify(config: Option<&Config>, output: Output, files: &[PathBuf]) -> Resul
         || Router::new(Vec::new(), Vec::new()),
         |c| Router::new(c.rules.clone(), c.default_sinks.clone()),
     );
+    let policies = config.map(|c| c.policies.clone()).unwrap_or_default();
     // A file is judged as the first account would fetch it.
     let max = config
         .and_then(|c| c.accounts.first())
@@ -266,6 +337,11 @@ fn classify(config: Option<&Config>, output: Output, files: &[PathBuf]) -> Resul
             let mut object = classify_json(file, &decision);
             if output.explain {
                 crate::route::explain_json(&mut object, &trace);
+                if let Value::Object(fields) = &mut object {
+                    let policy = policies.of(decision.alert.rule.as_deref());
+                    fields.insert("group_key".into(), policy.group_key(&decision.alert).into());
+                    fields.insert("lifecycle".into(), policy.describe().into());
+                }
             }
             if let (true, Value::Object(fields), Some(config)) =
                 (output.render, &mut object, config)
@@ -277,6 +353,13 @@ fn classify(config: Option<&Config>, output: Output, files: &[PathBuf]) -> Resul
             writeln!(out, "{}", classify_text(file, &decision))?;
             if output.explain {
                 write!(out, "{}", crate::route::explain_text(&trace))?;
+                let policy = policies.of(decision.alert.rule.as_deref());
+                writeln!(
+                    out,
+                    "    group {} ({})",
+                    herald_bridges::text::one_line(&policy.group_key(&decision.alert), 200),
+                    policy.describe()
+                )?;
             }
         }
     }
@@ -358,6 +441,222 @@ fn outbox(config: &Config, action: &OutboxAction) -> Result<()> {
                 Ok(())
             }
         }
+    })
+}
+
+fn alerts(config: &Config, since: std::time::Duration, json: bool) -> Result<()> {
+    runtime()?.block_on(async {
+        let store = store::open(config.state.path.clone(), Access::ReadOnly).await?;
+        let since =
+            store::now_ms().saturating_sub(i64::try_from(since.as_millis()).unwrap_or(i64::MAX));
+        let recent = store.recent(since, crate::history::LIMIT).await?;
+        let mut out = std::io::stdout().lock();
+        if json {
+            for r in &recent {
+                writeln!(out, "{}", crate::history::json(r))?;
+            }
+        } else {
+            write!(out, "{}", crate::history::text(&recent))?;
+        }
+        Ok(())
+    })
+}
+
+/// A `silence` command with its arguments checked.
+#[derive(Debug)]
+enum SilenceCommand {
+    Add(store::Silence),
+    List { json: bool, all: bool },
+    Expire(i64),
+}
+
+/// How long a silence holds when neither `--for` nor `--until` is given.
+const DEFAULT_SILENCE: std::time::Duration = std::time::Duration::from_secs(2 * 3600);
+
+impl SilenceCommand {
+    /// Checks the matchers and works out the end; the error is the plain message shown.
+    fn new(action: SilenceAction, now: i64) -> Result<SilenceCommand, String> {
+        match action {
+            SilenceAction::List { json, all } => Ok(SilenceCommand::List { json, all }),
+            SilenceAction::Expire { id } => Ok(SilenceCommand::Expire(id)),
+            SilenceAction::Add {
+                duration,
+                until,
+                comment,
+                matchers,
+            } => {
+                crate::silence::Matchers::parse(&matchers)
+                    .map_err(|e| format!("silence add: {e}"))?;
+                let ends_at = match until {
+                    Some(text) => {
+                        parse_until(&text).map_err(|e| format!("silence add: --until: {e}"))?
+                    }
+                    None => i64::try_from(duration.unwrap_or(DEFAULT_SILENCE).as_millis())
+                        .ok()
+                        .and_then(|ms| now.checked_add(ms))
+                        .ok_or("silence add: --for: too long")?,
+                };
+                if ends_at <= now {
+                    return Err(format!(
+                        "silence add: the silence would end at {}, which is not in the future",
+                        local_time(ends_at)
+                    ));
+                }
+                Ok(SilenceCommand::Add(store::Silence {
+                    id: 0,
+                    matchers,
+                    starts_at: now,
+                    ends_at,
+                    comment: comment.unwrap_or_default(),
+                    created_at: now,
+                    suppressed: 0,
+                }))
+            }
+        }
+    }
+}
+
+/// `--until`: an RFC 3339 time, or `YYYY-MM-DDTHH:MM` in local time; ms since the epoch.
+fn parse_until(text: &str) -> Result<i64, String> {
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(time.timestamp_millis());
+    }
+    let naive = chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M").map_err(|_| {
+        format!("{text:?} is not a time (write 2026-12-24T08:00, or RFC 3339 with an offset)")
+    })?;
+    // At a clock change the hour repeated has two instants (the earlier is taken: a silence
+    // ends no later than asked) and the hour skipped has none.
+    naive
+        .and_local_timezone(chrono::Local)
+        .earliest()
+        .map(|time| time.timestamp_millis())
+        .ok_or_else(|| format!("{text} does not exist in local time (a clock change skips it)"))
+}
+
+/// A time for people: local, to the minute.
+fn local_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |t| {
+            t.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M %:z")
+                .to_string()
+        },
+    )
+}
+
+/// A time for scripts: RFC 3339 in UTC, to the second.
+fn rfc3339(ms: i64) -> Value {
+    chrono::DateTime::from_timestamp_millis(ms).map_or(Value::Null, |t| {
+        json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    })
+}
+
+/// How far `ms` is from `now`, roughly: to the minute within a day (`1h 59m`), to the hour
+/// beyond (`22days 1h`).
+fn distance(now: i64, ms: i64) -> String {
+    let minutes = u64::try_from((ms - now).abs() / 60_000).unwrap_or(0);
+    if minutes == 0 {
+        return "under a minute".to_owned();
+    }
+    let minutes = if minutes >= 24 * 60 {
+        minutes / 60 * 60
+    } else {
+        minutes
+    };
+    humantime::format_duration(std::time::Duration::from_secs(minutes * 60)).to_string()
+}
+
+fn silence(config: &Config, command: SilenceCommand) -> Result<()> {
+    // Listing only reads; add and expire write beside a running daemon, which reads the
+    // silences again within seconds. Neither creates the state.
+    let access = match command {
+        SilenceCommand::List { .. } => Access::ReadOnly,
+        SilenceCommand::Add(_) | SilenceCommand::Expire(_) => Access::Admin,
+    };
+    runtime()?.block_on(async {
+        let store = store::open(config.state.path.clone(), access).await?;
+        let now = store::now_ms();
+        match command {
+            SilenceCommand::Add(silence) => {
+                let (starts_at, ends_at) = (silence.starts_at, silence.ends_at);
+                let id = store.add_silence(silence).await?;
+                println!(
+                    "{id}: silenced until {} (in {})",
+                    local_time(ends_at),
+                    distance(starts_at, ends_at)
+                );
+            }
+            SilenceCommand::List { json, all } => {
+                let silences = store.silences((!all).then_some(now)).await?;
+                let active = |s: &store::Silence| s.starts_at <= now && now < s.ends_at;
+                if json {
+                    let mut out = std::io::stdout().lock();
+                    for s in &silences {
+                        let object = json!({
+                            "id": s.id,
+                            "matchers": s.matchers,
+                            "starts_at": rfc3339(s.starts_at),
+                            "ends_at": rfc3339(s.ends_at),
+                            "comment": s.comment,
+                            "suppressed": s.suppressed,
+                            "active": active(s),
+                        });
+                        writeln!(out, "{object}")?;
+                    }
+                    return Ok(());
+                }
+                println!(
+                    "{:>6}  {:<23}  {:<12}  {:>10}  {:<32}  COMMENT",
+                    "ID", "UNTIL", "LEFT", "SUPPRESSED", "MATCHERS"
+                );
+                for s in &silences {
+                    let left = if active(s) {
+                        distance(now, s.ends_at)
+                    } else if s.ends_at <= now {
+                        "ended".to_owned()
+                    } else {
+                        "not started".to_owned()
+                    };
+                    // Quoted where a space would make the list ambiguous.
+                    let matchers: Vec<String> = s
+                        .matchers
+                        .iter()
+                        .map(|m| {
+                            if m.contains(char::is_whitespace) {
+                                format!("{m:?}")
+                            } else {
+                                m.clone()
+                            }
+                        })
+                        .collect();
+                    let line = format!(
+                        "{:>6}  {:<23}  {:<12}  {:>10}  {:<32}  {}",
+                        s.id,
+                        local_time(s.ends_at),
+                        left,
+                        s.suppressed,
+                        herald_bridges::text::one_line(&matchers.join(" "), 80),
+                        herald_bridges::text::one_line(&s.comment, 80),
+                    );
+                    println!("{}", line.trim_end());
+                }
+                let in_force = silences.iter().filter(|s| active(s)).count();
+                if all {
+                    println!("{in_force} active, {} ended", silences.len() - in_force);
+                } else {
+                    println!("{in_force} active");
+                }
+            }
+            SilenceCommand::Expire(id) => {
+                anyhow::ensure!(
+                    store.expire_silence(id, now).await?,
+                    "no active silence with id {id}"
+                );
+                println!("{id}: expired; the alerts it suppressed stay unsent");
+            }
+        }
+        Ok(())
     })
 }
 

@@ -53,11 +53,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         );
         sinks.push((name.clone(), sink));
     }
-    let fanout = Fanout::new(
-        sinks
-            .iter()
-            .map(|(name, sink)| (name.clone(), sink.targets())),
-    );
+    let fanout = Fanout::new(sinks.iter().map(|(name, sink)| (name.clone(), &**sink)));
     let dispatch_wake = Arc::new(Notify::new());
     let delivery_stop = CancellationToken::new();
     let mut stages: JoinSet<(String, Result<()>)> = JoinSet::new();
@@ -77,7 +73,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         stages.spawn(async move { (format!("sink {name:?}"), worker.run(stop).await) });
     }
     {
-        let dispatcher = Dispatcher::new(store.clone(), fanout, dispatch_wake.clone());
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            fanout,
+            config.policies.clone(),
+            dispatch_wake.clone(),
+            metrics.clone(),
+        );
         let stop = delivery_stop.clone();
         stages.spawn(async move { ("dispatch".to_owned(), dispatcher.run(stop).await) });
     }

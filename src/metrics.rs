@@ -28,6 +28,8 @@
 //! | `herald_retries_total` | counter | `sink` |
 //! | `herald_dead_letters_total` | counter | `sink` |
 //! | `herald_delivery_latency_seconds` | histogram | `sink` |
+//! | `herald_dispatched_total` | counter | `outcome` (notified, grouped, folded, resolved, silenced) |
+//! | `herald_digests_total` | counter | |
 //! | `herald_imap_reconnects_total` | counter | |
 //! | `herald_imap_session_up` | gauge | |
 //! | `herald_imap_last_contact_seconds` | gauge | |
@@ -45,6 +47,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+
+use crate::store::Fate;
 
 /// The `Content-Type` of [`Metrics::encode`]'s output (OpenMetrics 1.0 text).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -119,6 +123,27 @@ struct DeliveryLabels {
     outcome: &'static str,
 }
 
+/// `{outcome}` of dispatch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FateLabels {
+    /// What dispatch made of the alert (see [`fate_label`]).
+    outcome: &'static str,
+}
+
+/// The `outcome` label of a dispatch fate; `None` for what dispatch made itself.
+fn fate_label(fate: &Fate) -> Option<&'static str> {
+    Some(match fate {
+        Fate::Notified { .. } => "notified",
+        Fate::Grouped { .. } => "grouped",
+        Fate::Folded { .. } => "folded",
+        Fate::Resolved { .. } => "resolved",
+        Fate::Silenced { .. } => "silenced",
+        Fate::Dropped { .. } | Fate::Unrouted | Fate::Notice { .. } => return None,
+    })
+}
+
+const FATE_LABELS: [&str; 5] = ["notified", "grouped", "folded", "resolved", "silenced"];
+
 /// `{sink, state}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OutboxLabels {
@@ -181,6 +206,10 @@ pub struct Metrics {
     dead_letters: Family<SinkLabels, Counter>,
     /// `herald_delivery_latency_seconds{sink}`.
     latency: Family<SinkLabels, Histogram>,
+    /// `herald_dispatched_total{outcome}`.
+    dispatched: Family<FateLabels, Counter>,
+    /// `herald_digests_total`.
+    digests: Counter,
     /// `herald_imap_reconnects_total`.
     reconnects: Counter,
     /// Each watched mailbox's session, by its name (`account/folder`).
@@ -246,6 +275,21 @@ impl Metrics {
             Unit::Seconds,
             latency.clone(),
         );
+        let dispatched = Family::<FateLabels, Counter>::default();
+        registry.register(
+            "dispatched",
+            "Alerts dispatched, by what became of them: notified at once, grouped for a later notification, folded as a repeat, resolved a problem, silenced",
+            dispatched.clone(),
+        );
+        for outcome in FATE_LABELS {
+            let _ = dispatched.get_or_create(&FateLabels { outcome });
+        }
+        let digests = Counter::default();
+        registry.register(
+            "digests",
+            "Digests made (one notification listing several problems of a group)",
+            digests.clone(),
+        );
         let reconnects = Counter::default();
         registry.register(
             "imap_reconnects",
@@ -261,6 +305,8 @@ impl Metrics {
             retries,
             dead_letters,
             latency,
+            dispatched,
+            digests,
             reconnects,
             sessions: Mutex::default(),
             started: Instant::now(),
@@ -305,6 +351,18 @@ impl Metrics {
             rule: rule.map_or_else(String::new, |rule| self.rules.get(rule)),
         };
         self.alerts.get_or_create(&labels).inc();
+    }
+
+    /// Counts what dispatch made of an alert.
+    pub fn dispatched(&self, fate: &Fate) {
+        if let Some(outcome) = fate_label(fate) {
+            self.dispatched.get_or_create(&FateLabels { outcome }).inc();
+        }
+    }
+
+    /// Counts `n` digests made.
+    pub fn digests_sent(&self, n: u64) {
+        self.digests.inc_by(n);
     }
 
     /// Counts an alert that no rule routed and that no default sink took.

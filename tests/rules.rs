@@ -250,8 +250,13 @@ fn explain_text_prints_one_line_per_rule() {
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1 + 7, "{stdout}");
-    assert!(lines.iter().skip(1).all(|l| l.starts_with("    rule ")));
+    assert_eq!(lines.len(), 1 + 7 + 1, "{stdout}");
+    assert!(lines[1..8].iter().all(|l| l.starts_with("    rule ")));
+    // The last line: the alert's group, and the lifecycle keys of the rule that decided.
+    assert!(
+        lines[8].starts_with("    group backup:web01") && lines[8].contains("repeat_interval 4h"),
+        "{stdout}"
+    );
     assert!(stdout.contains("    rule sudo: no match: kind: expected sudo, got cron\n"));
     assert!(stdout.contains("    rule backup-failures: matched\n"));
     assert!(stdout.contains("    rule never: not reached\n"));
@@ -348,6 +353,39 @@ fn invalid_rules_are_located() {
         1,
         "rules[0].severtiy",
         "unknown field `severtiy`",
+    );
+}
+
+#[test]
+fn invalid_lifecycle_keys_are_located() {
+    assert_rejected(
+        "[[rules]]\nname = \"r\"\ngroup_by = [\"kind\", \"hots\"]\n",
+        2,
+        21,
+        "rules[0].group_by",
+        "unknown field \"hots\": group by any of kind, host",
+    );
+    assert_rejected(
+        "[[rules]]\nname = \"r\"\nrepeat_interval = \"4 hours-ish\"\n",
+        2,
+        19,
+        "rules[0].repeat_interval",
+        "invalid duration",
+    );
+}
+
+#[test]
+fn explain_shows_the_group_key_of_the_deciding_rule() {
+    let f = Fixture::new(
+        "[[rules]]\nname = \"storms\"\nmatch = { kind = \"cron\" }\nsinks = [\"chat\"]\n\
+         group_by = [\"kind\", \"command\"]\ngroup_wait = \"30s\"\n",
+    );
+    let v = f.classify(&f.mail("backup.eml", &backup_mail()));
+    assert_eq!(v["group_key"], "cron:/usr/local/bin/backup.sh");
+    let lifecycle = v["lifecycle"].as_str().expect("lifecycle");
+    assert!(
+        lifecycle.contains("group_by kind, command; group_wait 30s; group_interval 1m"),
+        "{lifecycle}"
     );
 }
 

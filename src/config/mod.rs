@@ -31,13 +31,14 @@ use serde::de::Deserialize;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+use crate::dispatch::policy::{Humane, Policies, Policy, RawPolicy};
 pub use crate::error::ConfigError;
-use crate::route::{RawRule, Rule};
+use crate::route::{RawRule, RawWindow, Rule, Window};
 pub use imap::{
     Account, ImapConfig, Processed, TlsMode, DEFAULT_ACCOUNT, DEFAULT_MAX_MESSAGE_BYTES,
 };
 pub use sinks::DeliveryPolicy;
-use spans::Context;
+use spans::{join_key, Context};
 use substitute::substitute_table;
 
 /// `[state]`: where herald keeps its database.
@@ -99,6 +100,24 @@ struct RawDefaults {
     sinks: Vec<Spanned<String>>,
     /// Where dead letters are announced.
     fallback: Option<Spanned<String>>,
+    /// The lifecycle keys every rule inherits (see `dispatch::policy`).
+    group_by: Option<Spanned<Vec<Spanned<String>>>>,
+    group_wait: Option<Humane>,
+    group_interval: Option<Humane>,
+    repeat_interval: Option<Humane>,
+    resolve_after: Option<Humane>,
+}
+
+impl RawDefaults {
+    fn take_policy(&mut self) -> RawPolicy {
+        RawPolicy {
+            group_by: self.group_by.take(),
+            group_wait: self.group_wait.take(),
+            group_interval: self.group_interval.take(),
+            repeat_interval: self.repeat_interval.take(),
+            resolve_after: self.resolve_after.take(),
+        }
+    }
 }
 
 /// The file as deserialized, before validation (`[sinks.*]` is read separately).
@@ -111,6 +130,8 @@ struct RawConfig {
     server: ServerConfig,
     #[serde(default)]
     defaults: RawDefaults,
+    #[serde(default)]
+    windows: BTreeMap<String, RawWindow>,
     #[serde(default)]
     rules: Vec<RawRule>,
 }
@@ -136,6 +157,10 @@ pub struct Config {
     pub delivery: BTreeMap<String, DeliveryPolicy>,
     /// `[[rules]]`, in order.
     pub rules: Vec<Rule>,
+    /// `[windows.NAME]`, by name: the time windows that rules' `during` conditions name.
+    pub windows: BTreeMap<String, Window>,
+    /// The lifecycle keys of `[defaults]` and of each rule that overrides one.
+    pub policies: Policies,
 }
 
 /// Where the configuration file is: `-c`, else `$HERALD_CONFIG`, else `./herald.toml`,
@@ -203,7 +228,7 @@ impl Config {
 impl Context<'_> {
     fn validate(
         &self,
-        raw: RawConfig,
+        mut raw: RawConfig,
         accounts: Vec<Account>,
         sinks: BTreeMap<String, SinkConfig>,
         delivery: BTreeMap<String, DeliveryPolicy>,
@@ -235,10 +260,28 @@ impl Context<'_> {
             .as_ref()
             .map(|s| known(s, "defaults.fallback"))
             .transpose()?;
+        let mut policies = Policies {
+            defaults: raw
+                .defaults
+                .take_policy()
+                .over(&Policy::default(), "defaults", self)?,
+            rules: Default::default(),
+        };
+        let mut windows = BTreeMap::new();
+        for (name, window) in &raw.windows {
+            let window = window.validate(&join_key("windows", name), self)?;
+            windows.insert(name.clone(), window);
+        }
         let mut rules = Vec::with_capacity(raw.rules.len());
-        for (index, rule) in raw.rules.into_iter().enumerate() {
+        for (index, mut rule) in raw.rules.into_iter().enumerate() {
             let key = format!("rules[{index}]");
-            rules.push(rule.validate(&key, &|name| known(name, &format!("{key}.sinks")), self)?);
+            let (name, policy) = rule.take_policy();
+            if !policy.is_empty() {
+                let policy = policy.over(&policies.defaults, &key, self)?;
+                policies.rules.entry(name).or_insert(policy);
+            }
+            let sink = |name: &Spanned<String>| known(name, &format!("{key}.sinks"));
+            rules.push(rule.validate(&key, &sink, &windows, self)?);
         }
         Ok(Config {
             path: self.path.to_owned(),
@@ -250,6 +293,8 @@ impl Context<'_> {
             sinks,
             delivery,
             rules,
+            windows,
+            policies,
         })
     }
 }

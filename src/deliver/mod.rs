@@ -306,8 +306,8 @@ mod tests {
             calls: Mutex::default(),
         });
         let fanout = Fanout::new([
-            ("s".to_string(), vec![String::new()]),
-            ("fb".to_string(), vec![String::new()]),
+            ("s".to_string(), &*sink as &dyn Sink),
+            ("fb".to_string(), &*sink as &dyn Sink),
         ]);
         let shared = Shared {
             store: store.clone(),
@@ -509,7 +509,7 @@ mod tests {
             fallback: None,
             metrics: Metrics::new(),
         };
-        let fanout = Fanout::new([("s".to_string(), vec![String::new()])]);
+        let fanout = Fanout::new([("s".to_string(), &*judge as &dyn Sink)]);
         let worker = Worker::new(
             "s".into(),
             judge.clone(),

@@ -1,28 +1,43 @@
 //! Dispatch: the one stateful stage between routing and delivery, and the only place that
 //! creates outbox rows.
 //!
-//! It reads the alerts that ingest (or a dead letter's notice) committed as undispatched,
-//! decides for each which destinations hear about it now, writes those outbox rows and marks
-//! the alert dispatched, all in one transaction, then wakes the sinks' workers. Today the
-//! decision is the plain fan-out: every target of every routed sink. Grouping, folding of
-//! repeats and silences decide here too, with their state committed in the same transaction
-//! as the rows they create, so a crash neither loses a notification nor sends one twice: an
-//! alert is either still undispatched (and is decided again after a restart) or dispatched
-//! with its rows.
+//! It reads the alerts that ingest (or a dead letter's notice) committed as undispatched and
+//! decides, per alert, whether its sinks hear of it now, later in a digest, or not at all:
+//! repeats of a problem are folded into reminders, problems of one group go out together,
+//! recoveries resolve, silences suppress (`lifecycle` has the semantics, `policy` the keys).
+//! Its timers (a group's next digest, a problem's reminder, a quiet problem's end) are rows
+//! in the store, so a restart keeps them: nothing re-pages after a restart, and a pending
+//! digest is neither lost nor sent twice.
+//!
+//! Each pass reads the state it needs, decides in memory, and commits the alerts' fates, the
+//! outbox rows and the new state in one transaction, then wakes the sinks' workers. A crash
+//! before the commit leaves the alerts undispatched and the timers due, to be decided again;
+//! after it, everything is decided once.
+//!
+//! Time is the tokio clock anchored to the wall clock at start ([`Clock`]), so tests run
+//! the timers on tokio's paused clock.
 //!
 //! A sink that routing named but the configuration no longer has (an alert queued before a
 //! sink was removed) gets no row, with a warning: there is nothing to deliver it with.
+
+mod lifecycle;
+pub mod policy;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use herald_bridges::{Alert, Sink};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::store::{Destination, Dispatch, DispatchStore};
+use crate::metrics::Metrics;
+use crate::silence::Matchers;
+use crate::store::{Decisions, Destination, Fate, Payload, State, Store, Undispatched};
+use lifecycle::Pass;
+use policy::Policies;
 
 /// Alerts decided per transaction: one commit for a burst, and a bound on the alerts held
 /// in memory (half an ingest chunk: a drain keeps dispatch and delivery going in step).
@@ -33,25 +48,30 @@ const BATCH: usize = 64;
 const RECHECK: Duration = Duration::from_secs(5);
 
 /// What dispatch needs to know of the sinks: each sink's targets, to write one outbox row
-/// per destination, and a wake-up signal per sink, to tell its worker that rows were committed.
+/// per destination, whether it hears of recoveries, and a wake-up signal per sink, to tell
+/// its worker that rows were committed.
 #[derive(Debug, Clone, Default)]
 pub struct Fanout(Arc<HashMap<String, Outlet>>);
 
 #[derive(Debug, Default)]
 struct Outlet {
     targets: Vec<String>,
+    recoveries: bool,
+    incidents: bool,
     wake: Arc<Notify>,
 }
 
 impl Fanout {
-    /// From each sink's name and targets.
-    pub fn new(sinks: impl IntoIterator<Item = (String, Vec<String>)>) -> Fanout {
+    /// From each sink and its name.
+    pub fn new<'a>(sinks: impl IntoIterator<Item = (String, &'a dyn Sink)>) -> Fanout {
         Fanout(Arc::new(
             sinks
                 .into_iter()
-                .map(|(name, targets)| {
+                .map(|(name, sink)| {
                     let outlet = Outlet {
-                        targets,
+                        targets: sink.targets(),
+                        recoveries: sink.notify_resolved(),
+                        incidents: sink.tracks_incidents(),
                         wake: Arc::default(),
                     };
                     (name, outlet)
@@ -78,42 +98,150 @@ impl Fanout {
         (destinations, missing)
     }
 
+    /// Whether `sink` hears of a problem's recovery, when other problems of its group are
+    /// (`others_open`) or are not still open. A sink no longer configured is kept, so that
+    /// the usual warning says it is missing.
+    fn wants_recovery(&self, sink: &str, others_open: bool) -> bool {
+        self.0
+            .get(sink)
+            .is_none_or(|o| o.recoveries && !(o.incidents && others_open))
+    }
+
     /// The signal that wakes `sink`'s worker.
     pub fn signal(&self, sink: &str) -> Arc<Notify> {
         self.0.get(sink).map(|o| o.wake.clone()).unwrap_or_default()
     }
 }
 
+/// Milliseconds since the epoch, as the tokio clock tells them: the wall clock at start
+/// plus the tokio time since, so that a paused test clock moves dispatch's timers.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    wall: i64,
+    start: tokio::time::Instant,
+}
+
+impl Clock {
+    /// A clock that reads the wall clock now.
+    pub fn start() -> Clock {
+        Clock {
+            wall: crate::store::now_ms(),
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Now (ms since the epoch).
+    pub fn now(&self) -> i64 {
+        let elapsed = i64::try_from(self.start.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.wall.saturating_add(elapsed)
+    }
+
+    /// The tokio instant of `at` (ms since the epoch).
+    fn instant(&self, at: i64) -> tokio::time::Instant {
+        let ahead = u64::try_from(at.saturating_sub(self.now())).unwrap_or(0);
+        tokio::time::Instant::now() + Duration::from_millis(ahead)
+    }
+}
+
+/// How long dispatch uses a silence list it read: the spec's "within 5 s", with room.
+const SILENCES_FRESH: Duration = Duration::from_secs(1);
+
+/// The silences in force, as last read.
+#[derive(Default)]
+struct Silences {
+    read_at: Option<tokio::time::Instant>,
+    active: Vec<(i64, i64, Matchers)>,
+}
+
 /// The dispatch stage.
 pub struct Dispatcher {
-    store: Arc<dyn DispatchStore>,
+    store: Arc<dyn Store>,
     fanout: Fanout,
+    policies: Policies,
     wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+    silences: tokio::sync::Mutex<Silences>,
 }
 
 impl Dispatcher {
-    /// Dispatches from `store` to the sinks of `fanout`; `wake` is what writers of
-    /// undispatched alerts notify.
-    pub fn new(store: Arc<dyn DispatchStore>, fanout: Fanout, wake: Arc<Notify>) -> Dispatcher {
+    /// Dispatches from `store` to the sinks of `fanout` under `policies`; `wake` is what
+    /// writers of undispatched alerts notify.
+    pub fn new(
+        store: Arc<dyn Store>,
+        fanout: Fanout,
+        policies: Policies,
+        wake: Arc<Notify>,
+        metrics: Arc<Metrics>,
+    ) -> Dispatcher {
         Dispatcher {
             store,
             fanout,
+            policies,
             wake,
+            metrics,
+            clock: Clock::start(),
+            silences: Default::default(),
         }
     }
 
     /// Runs until `stop`. Fails only if the store fails.
     pub async fn run(self, stop: CancellationToken) -> Result<()> {
         while !stop.is_cancelled() {
-            if self.dispatch_waiting().await? == 0 {
+            let timers = self.run_timers().await?;
+            if self.dispatch_waiting().await? == 0 && timers == 0 {
+                let next = self
+                    .store
+                    .next_timer()
+                    .await
+                    .context("cannot read dispatch timers")?;
+                let recheck = tokio::time::Instant::now() + RECHECK;
+                let until = next.map_or(recheck, |at| self.clock.instant(at).min(recheck));
                 tokio::select! {
                     () = self.wake.notified() => {}
-                    () = tokio::time::sleep(RECHECK) => {}
+                    () = tokio::time::sleep_until(until) => {}
                     () = stop.cancelled() => {}
                 }
             }
         }
         Ok(())
+    }
+
+    /// The silences in force now, read again when the list is older than a second.
+    async fn silences_for(&self, alerts: &[Undispatched], now: i64) -> Result<Vec<Vec<i64>>> {
+        let mut silences = self.silences.lock().await;
+        if silences
+            .read_at
+            .is_none_or(|at| at.elapsed() >= SILENCES_FRESH)
+        {
+            let stored = self
+                .store
+                .silences(Some(now))
+                .await
+                .context("cannot read silences")?;
+            silences.active = stored
+                .into_iter()
+                .filter_map(|s| match Matchers::parse(&s.matchers) {
+                    Ok(m) => Some((s.id, s.ends_at, m)),
+                    Err(error) => {
+                        warn!(silence = s.id, %error, "A stored silence does not parse; it is ignored.");
+                        None
+                    }
+                })
+                .collect();
+            silences.read_at = Some(tokio::time::Instant::now());
+        }
+        Ok(alerts
+            .iter()
+            .map(|u| {
+                silences
+                    .active
+                    .iter()
+                    .filter(|(_, ends_at, m)| *ends_at > now && m.matches(&u.routed.alert))
+                    .map(|(id, ..)| *id)
+                    .collect()
+            })
+            .collect())
     }
 
     /// Dispatches one batch of waiting alerts; returns how many.
@@ -126,35 +254,110 @@ impl Dispatcher {
         if waiting.is_empty() {
             return Ok(0);
         }
-        let mut woken: Vec<String> = Vec::new();
-        let decisions: Vec<Dispatch> = waiting
+        let now = self.clock.now();
+        let silenced = self.silences_for(&waiting, now).await?;
+        let mut keys = Vec::with_capacity(waiting.len());
+        let mut groups = Vec::with_capacity(waiting.len());
+        for u in &waiting {
+            let alert = &u.routed.alert;
+            let policy = self.policies.of(alert.rule.as_deref());
+            keys.push(alert.dedup_key.clone());
+            groups.push(lifecycle::group_id(
+                alert.rule.as_deref(),
+                &policy.group_key(alert),
+            ));
+        }
+        let state = self
+            .store
+            .state(keys, groups)
+            .await
+            .context("cannot read dispatch state")?;
+        let alerts = self.shown_alerts(&state).await?;
+        let count = waiting.len();
+        let mut pass = Pass::new(&self.policies, &self.fanout, state, alerts, now);
+        for (u, silences) in waiting.into_iter().zip(silenced) {
+            debug!(id = u.id, "Dispatching alert.");
+            pass.alert(u.id, u.routed, silences);
+        }
+        self.commit(pass.finish()).await?;
+        Ok(count)
+    }
+
+    /// Runs the timers that have come; returns how many notifications they made.
+    pub async fn run_timers(&self) -> Result<usize> {
+        let now = self.clock.now();
+        let state = self
+            .store
+            .due(now)
+            .await
+            .context("cannot read dispatch timers")?;
+        if state.problems.is_empty() && state.groups.is_empty() {
+            return Ok(0);
+        }
+        let alerts = self.shown_alerts(&state).await?;
+        let mut pass = Pass::new(&self.policies, &self.fanout, state, alerts, now);
+        pass.timers();
+        let decisions = pass.finish();
+        let made = decisions.notifications.len();
+        self.commit(decisions).await?;
+        Ok(made)
+    }
+
+    /// The stored alerts a notification of `state` may show: those of pending and folded
+    /// problems.
+    async fn shown_alerts(&self, state: &State) -> Result<HashMap<i64, Alert>> {
+        let ids: Vec<i64> = state
+            .problems
             .iter()
-            .map(|alert| {
-                let (destinations, missing) = self.fanout.destinations(&alert.routed.sinks);
-                if !missing.is_empty() {
-                    warn!(id = alert.id, title = %alert.routed.alert.title, sinks = %missing.join(","), "Alert routed to sinks that are no longer configured; not delivered there.");
-                }
-                for d in &destinations {
-                    if !woken.contains(&d.sink) {
-                        woken.push(d.sink.clone());
-                    }
-                }
-                debug!(id = alert.id, rows = destinations.len(), "Alert dispatched.");
-                Dispatch {
-                    alert_id: alert.id,
-                    severity: alert.routed.alert.severity,
-                    destinations,
-                }
-            })
+            .filter(|p| p.pending || p.folded > 0)
+            .map(|p| p.alert_id)
             .collect();
-        self.store
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        Ok(self
+            .store
+            .alerts(ids)
+            .await
+            .context("cannot read the alerts of pending problems")?
+            .into_iter()
+            .collect())
+    }
+
+    /// Commits a pass, counts it, and wakes the sinks it gave rows to.
+    async fn commit(&self, decisions: Decisions) -> Result<()> {
+        let mut woken: Vec<String> = Vec::new();
+        for d in decisions.notifications.iter().flat_map(|n| &n.destinations) {
+            if !woken.contains(&d.sink) {
+                woken.push(d.sink.clone());
+            }
+        }
+        let fates: Vec<Fate> = decisions.decided.iter().map(|(_, f)| f.clone()).collect();
+        let digests = decisions
+            .notifications
+            .iter()
+            .filter(|n| matches!(&n.payload, Payload::New(a) if !a.digest.is_empty()))
+            .count();
+        let committed = self
+            .store
             .dispatch(decisions)
             .await
             .context("cannot commit dispatched alerts")?;
+        if !committed {
+            warn!("A dispatch pass found its alerts already dispatched; it changed nothing.");
+            return Ok(());
+        }
         crate::crashpoint::hit("after-dispatch");
+        for fate in &fates {
+            self.metrics.dispatched(fate);
+        }
+        self.metrics.digests_sent(digests as u64);
         for sink in &woken {
             self.fanout.signal(sink).notify_one();
         }
-        Ok(waiting.len())
+        Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,14 +1,15 @@
 //! A rule's `match`: the conditions as written ([`RawMatch`], [`Values`]), their validation,
 //! and the compiled [`Condition`]s that matching tests.
 //!
-//! Guarantees: every kind, severity, glob, regex and header name is checked when the
-//! configuration is read, with its location; testing a compiled condition compiles nothing
-//! and allocates nothing (kinds and severities are bit sets), and the conditions of a rule
-//! come out cheapest first.
+//! Guarantees: every kind, severity, glob, regex, header name and window name is checked when
+//! the configuration is read, with its location; testing a compiled condition compiles nothing
+//! and allocates nothing (kinds and severities are bit sets, windows are compiled once), and
+//! the conditions of a rule come out cheapest first.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 
+use chrono::{DateTime, Utc};
 use herald_bridges::text::one_line;
 use herald_bridges::{Alert, Kind, Severity};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -17,6 +18,7 @@ use toml::Spanned;
 
 use super::explain::EXPLAIN_VALUE_CHARS;
 use super::glob::{glob_regex, Patterns};
+use super::window::Window;
 use crate::classify::Message;
 use crate::error::{ConfigError, Locate};
 
@@ -35,6 +37,8 @@ pub(super) struct RawMatch {
     body: Option<Spanned<Values>>,
     severity: Option<Spanned<Values>>,
     failed: Option<Spanned<bool>>,
+    during: Option<Spanned<Values>>,
+    not_during: Option<Spanned<Values>>,
     /// `header.NAME` conditions: (NAME, value), in the order written.
     headers: Vec<(String, Spanned<Values>)>,
 }
@@ -54,6 +58,8 @@ const MATCH_KEYS: &[&str] = &[
     "header.NAME",
     "failed",
     "severity",
+    "during",
+    "not_during",
 ];
 
 impl<'de> Deserialize<'de> for RawMatch {
@@ -79,6 +85,8 @@ impl<'de> Deserialize<'de> for RawMatch {
                         "subject" => &mut raw.subject,
                         "body" => &mut raw.body,
                         "severity" => &mut raw.severity,
+                        "during" => &mut raw.during,
+                        "not_during" => &mut raw.not_during,
                         "failed" => {
                             raw.failed = Some(map.next_value()?);
                             continue;
@@ -240,6 +248,10 @@ enum Test {
     Header(String, Patterns),
     Subject(Patterns),
     Body(Patterns),
+    /// `during`: the instant is in any of these windows (by name).
+    During(Vec<(String, Window)>),
+    /// `not_during`: the instant is in none of these windows.
+    NotDuring(Vec<(String, Window)>),
 }
 
 /// One condition of a rule's `match`.
@@ -252,8 +264,8 @@ pub(super) struct Condition {
 }
 
 impl Condition {
-    /// Whether it holds. Compiles and allocates nothing.
-    pub(super) fn holds(&self, message: &Message, alert: &Alert) -> bool {
+    /// Whether it holds at `now`. Compiles and allocates nothing.
+    pub(super) fn holds(&self, message: &Message, alert: &Alert, now: DateTime<Utc>) -> bool {
         match &self.test {
             Test::Kind(set) => set & kind_bit(alert.kind) != 0,
             Test::Severity(set) => set & severity_bit(alert.severity) != 0,
@@ -271,6 +283,8 @@ impl Condition {
                 .any(|(n, v)| n.eq_ignore_ascii_case(name) && p.is_match(v)),
             Test::Subject(p) => p.is_match(&message.subject),
             Test::Body(p) => p.is_match(&message.body),
+            Test::During(windows) => windows.iter().any(|(_, w)| w.contains(now)),
+            Test::NotDuring(windows) => !windows.iter().any(|(_, w)| w.contains(now)),
         }
     }
 
@@ -290,11 +304,29 @@ impl Condition {
             Test::Header(name, _) => format!("header.{name}"),
             Test::Subject(_) => "subject".into(),
             Test::Body(_) => "body".into(),
+            Test::During(_) => "during".into(),
+            Test::NotDuring(_) => "not_during".into(),
         }
     }
 
-    /// Why it failed, for `--explain`: `kind: expected cron, got other`.
-    pub(super) fn explain_failure(&self, message: &Message, alert: &Alert) -> String {
+    /// For a window condition, whether it held at `now` and what the windows' clocks said
+    /// (see [`Condition::window_note_of`]); `None` for any other condition.
+    pub(super) fn window_note(&self, now: DateTime<Utc>) -> Option<String> {
+        match &self.test {
+            Test::During(windows) => Some(self.window_note_of(windows, true, now)),
+            Test::NotDuring(windows) => Some(self.window_note_of(windows, false, now)),
+            _ => None,
+        }
+    }
+
+    /// Why it failed at `now`, for `--explain`: `kind: expected cron, got other`, or for a
+    /// window condition its [`Condition::window_note`].
+    pub(super) fn explain_failure(
+        &self,
+        message: &Message,
+        alert: &Alert,
+        now: DateTime<Utc>,
+    ) -> String {
         let quote = |v: Option<&str>| match v {
             Some(v) => format!("{:?}", one_line(v, EXPLAIN_VALUE_CHARS)),
             None => "null".to_owned(),
@@ -331,6 +363,8 @@ impl Condition {
             }
             Test::Subject(_) => quote(Some(&message.subject)),
             Test::Body(_) => "no match in the body".to_owned(),
+            Test::During(windows) => return self.window_note_of(windows, true, now),
+            Test::NotDuring(windows) => return self.window_note_of(windows, false, now),
         };
         let expected = match &self.test {
             Test::Subject(_) | Test::Body(_) | Test::Header(..) => {
@@ -340,17 +374,61 @@ impl Condition {
         };
         format!("{}: expected {expected}, got {got}", self.key())
     }
+
+    /// A window condition at `now`: `during night: no (now 23:10 Wed Europe/Berlin)`, or with
+    /// a list `not_during night or weekend: no, in weekend (now 10:00 Sat Europe/Berlin)`.
+    /// `during` says whether the condition wants the instant inside the windows or outside.
+    fn window_note_of(
+        &self,
+        windows: &[(String, Window)],
+        during: bool,
+        now: DateTime<Utc>,
+    ) -> String {
+        let open: Vec<&str> = windows
+            .iter()
+            .filter(|(_, w)| w.contains(now))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let held = open.is_empty() != during;
+        let mut note = format!(
+            "{} {}: {}",
+            self.key(),
+            self.expected,
+            if held { "yes" } else { "no" }
+        );
+        // With one window, yes or no already says whether it was open.
+        if windows.len() > 1 && !open.is_empty() {
+            note.push_str(", in ");
+            note.push_str(&open.join(" and "));
+        }
+        // Windows in the same zone show the same clock: each zone once.
+        let mut clocks: Vec<String> = Vec::new();
+        for (_, window) in windows {
+            let clock = window.clock(now).to_string();
+            if !clocks.contains(&clock) {
+                clocks.push(clock);
+            }
+        }
+        note.push_str(" (now ");
+        note.push_str(&clocks.join(", "));
+        note.push(')');
+        note
+    }
 }
 
 impl RawMatch {
+    /// The compiled conditions, cheapest first; `windows` are the `[windows.NAME]` that
+    /// `during` and `not_during` may name.
     pub(super) fn validate(
         &self,
         key: &str,
+        windows: &BTreeMap<String, Window>,
         locate: &dyn Locate,
     ) -> Result<Vec<Condition>, ConfigError> {
         let mut conditions = Vec::new();
         let sub = |name: &str| format!("{key}.{name}");
-        // Cheapest first: bit tests, then short strings, then headers, subject and body.
+        // Cheapest first: bit tests, then short strings, then windows (a time zone lookup),
+        // then headers, subject and body.
         if let Some(value) = &self.kind {
             let items = items(value, &sub("kind"), locate)?;
             let mut set = 0;
@@ -408,6 +486,23 @@ impl RawMatch {
                 expected: shown(&items),
             });
         }
+        for (name, value, build) in [
+            ("during", &self.during, Test::During as fn(_) -> Test),
+            ("not_during", &self.not_during, Test::NotDuring),
+        ] {
+            let Some(value) = value else { continue };
+            let items = items(value, &sub(name), locate)?;
+            let named = items
+                .iter()
+                .map(|item| named_window(item, windows, locate))
+                .collect::<Result<Vec<_>, _>>()?;
+            // "night or weekend": reads right after both `during` and `not_during`.
+            let names: Vec<&str> = items.iter().map(|i| i.text).collect();
+            conditions.push(Condition {
+                test: build(named),
+                expected: names.join(" or "),
+            });
+        }
         for (name, value) in &self.headers {
             let header_key = sub(&format!("header.{name}"));
             let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
@@ -436,6 +531,30 @@ impl RawMatch {
             });
         }
         Ok(conditions)
+    }
+}
+
+/// The window one `during` or `not_during` value names.
+fn named_window(
+    item: &Item<'_>,
+    windows: &BTreeMap<String, Window>,
+    locate: &dyn Locate,
+) -> Result<(String, Window), ConfigError> {
+    match windows.get(item.text) {
+        Some(window) => Ok((item.text.to_owned(), *window)),
+        None => {
+            let defined = if windows.is_empty() {
+                "none is defined: add a [windows.NAME] table".to_owned()
+            } else {
+                let names: Vec<&str> = windows.keys().map(String::as_str).collect();
+                format!("defined: {}", names.join(", "))
+            };
+            Err(locate.at(
+                item.span.clone(),
+                &item.key,
+                format!("unknown window {:?} ({defined})", item.text),
+            ))
+        }
     }
 }
 
@@ -477,4 +596,240 @@ fn kind_set(item: &Item<'_>, locate: &dyn Locate) -> Result<u16, ConfigError> {
                 format!("unknown kind {:?} (one of: {})", item.text, names()),
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use chrono::TimeZone as _;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::route::{explain_text, route_at, Router};
+
+    const HEAD: &str =
+        "[imap]\nhost = \"127.0.0.1\"\ntls = \"none\"\nusername = \"u\"\npassword = \"p\"\n\
+        [sinks.a]\ntype = \"console\"\n\
+        [windows.night]\nfrom = \"22:00\"\nto = \"07:00\"\ntimezone = \"Europe/Berlin\"\n\
+        [windows.weekend]\ndays = [\"sat\", \"sun\"]\ntimezone = \"Europe/Berlin\"\n\
+        [windows.nyc]\nfrom = \"09:00\"\nto = \"17:00\"\ntimezone = \"America/New_York\"\n";
+
+    /// The first line after [`HEAD`].
+    const FIRST_LINE: usize = 19;
+
+    fn parse(rules: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("t.toml"), &format!("{HEAD}{rules}"), &|_| None)
+    }
+
+    fn config(rules: &str) -> Config {
+        parse(rules).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0)
+            .single()
+            .unwrap_or_else(|| panic!("{y}-{mo}-{d} {h}:{mi}"))
+    }
+
+    /// Wednesday 2026-05-06 23:10 in Berlin (CEST, UTC+2): night, not the weekend.
+    fn wednesday_night() -> DateTime<Utc> {
+        utc(2026, 5, 6, 21, 10)
+    }
+
+    /// Saturday 2026-05-09 12:00 in Berlin: the weekend, not night; 06:00 in New York.
+    fn saturday_noon() -> DateTime<Utc> {
+        utc(2026, 5, 9, 10, 0)
+    }
+
+    /// Wednesday 2026-05-06 12:00 in Berlin: neither; 06:00 in New York.
+    fn wednesday_noon() -> DateTime<Utc> {
+        utc(2026, 5, 6, 10, 0)
+    }
+
+    /// Whether the rule `match = { CONDITION }` matches the sample alert at `now`.
+    fn matches_at(condition: &str, now: DateTime<Utc>) -> bool {
+        let c = config(&format!(
+            "[[rules]]\nname = \"r\"\nmatch = {{ {condition} }}\nsinks = [\"a\"]\n"
+        ));
+        c.rules[0].matches(&Message::default(), &Alert::sample(), now)
+    }
+
+    #[test]
+    fn during_is_any_of_and_not_during_none_of() {
+        assert!(matches_at("during = \"night\"", wednesday_night()));
+        assert!(!matches_at("during = \"night\"", wednesday_noon()));
+        assert!(matches_at(
+            "during = [\"night\", \"weekend\"]",
+            saturday_noon()
+        ));
+        assert!(matches_at(
+            "during = [\"night\", \"weekend\"]",
+            wednesday_night()
+        ));
+        assert!(!matches_at(
+            "during = [\"night\", \"weekend\"]",
+            wednesday_noon()
+        ));
+        assert!(!matches_at("not_during = \"night\"", wednesday_night()));
+        assert!(matches_at("not_during = \"night\"", wednesday_noon()));
+        assert!(!matches_at(
+            "not_during = [\"night\", \"weekend\"]",
+            saturday_noon()
+        ));
+        assert!(matches_at(
+            "not_during = [\"night\", \"weekend\"]",
+            wednesday_noon()
+        ));
+        // Both, and with other conditions: all must hold. The sample alert is a warning.
+        let both = "severity = \"warning\", during = \"weekend\", not_during = \"night\"";
+        assert!(matches_at(both, saturday_noon()));
+        assert!(!matches_at(both, utc(2026, 5, 9, 21, 0)), "Saturday 23:00");
+        assert!(!matches_at(
+            "severity = \"critical\", during = \"weekend\"",
+            saturday_noon()
+        ));
+    }
+
+    #[test]
+    fn windows_are_tested_after_globs_and_before_the_subject() {
+        let c = config(
+            "[[rules]]\nname = \"r\"\nmatch = { subject = \"^nope\", during = \"night\", host = \"db*\" }\n",
+        );
+        let failure = |host: &str, now| {
+            let mut alert = Alert::sample();
+            alert.host = Some(host.into());
+            c.rules[0]
+                .first_failure(&Message::default(), &alert, now)
+                .map(Condition::key)
+        };
+        assert_eq!(failure("web01", wednesday_noon()).as_deref(), Some("host"));
+        assert_eq!(failure("db01", wednesday_noon()).as_deref(), Some("during"));
+        assert_eq!(
+            failure("db01", wednesday_night()).as_deref(),
+            Some("subject")
+        );
+    }
+
+    #[test]
+    fn explain_shows_the_clock_of_failed_and_held_window_conditions() {
+        let c = config(
+            "[[rules]]\nname = \"night\"\nmatch = { during = \"night\" }\nsinks = [\"a\"]\ncontinue = true\n\
+             [[rules]]\nname = \"quiet\"\nmatch = { not_during = [\"night\", \"weekend\"] }\n\
+             [[rules]]\nname = \"both\"\nmatch = { during = \"night\", kind = \"sudo\" }\n\
+             [[rules]]\nname = \"zones\"\nmatch = { during = [\"nyc\", \"weekend\"] }\n",
+        );
+        let router = Router::new(c.rules.clone(), c.default_sinks.clone());
+        let mail = b"From: root@web01\r\nSubject: hi\r\n\r\nbody\r\n";
+        let (decision, trace) = router.explain_at(mail, false, None, wednesday_night());
+        assert_eq!(decision.sinks, ["a"]);
+        let seen: Vec<(&str, Option<&str>, Vec<&str>)> = trace
+            .iter()
+            .map(|t| {
+                let windows = t.windows.iter().map(String::as_str).collect();
+                (t.rule.as_str(), t.failed.as_deref(), windows)
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (
+                    "night",
+                    None,
+                    vec!["during night: yes (now 23:10 Wed Europe/Berlin)"]
+                ),
+                (
+                    "quiet",
+                    Some("not_during night or weekend: no, in night (now 23:10 Wed Europe/Berlin)"),
+                    vec![]
+                ),
+                // Kind is tested first, and fails: the window was not tested.
+                ("both", Some("kind: expected sudo, got other"), vec![]),
+                (
+                    "zones",
+                    Some("during nyc or weekend: no (now 17:10 Wed America/New_York, 23:10 Wed Europe/Berlin)"),
+                    vec![]
+                ),
+            ]
+        );
+        let text = explain_text(&trace);
+        assert!(
+            text.contains(
+                "    rule night: matched; during night: yes (now 23:10 Wed Europe/Berlin)\n"
+            ),
+            "{text}"
+        );
+        let json = serde_json::json!(trace);
+        assert_eq!(
+            json[0]["windows"],
+            serde_json::json!(["during night: yes (now 23:10 Wed Europe/Berlin)"])
+        );
+        assert_eq!(json[1].get("windows"), None, "left out when empty");
+    }
+
+    #[test]
+    fn decide_at_routes_by_the_given_instant() {
+        let c =
+            config("[[rules]]\nname = \"r\"\nmatch = { during = \"weekend\" }\nsinks = [\"a\"]\n");
+        let router = Router::new(c.rules.clone(), vec!["default".into()]);
+        let mail = b"Subject: hi\r\n\r\nbody\r\n";
+        assert_eq!(
+            router.decide_at(mail, false, None, saturday_noon()).sinks,
+            ["a"]
+        );
+        assert_eq!(
+            router.decide_at(mail, false, None, wednesday_noon()).sinks,
+            ["default"]
+        );
+        let d = route_at(
+            &c.rules,
+            &c.default_sinks,
+            &Message::default(),
+            Alert::sample(),
+            saturday_noon(),
+        );
+        assert_eq!(d.alert.rule.as_deref(), Some("r"));
+    }
+
+    #[test]
+    fn unknown_window_names_are_located() {
+        let cases = [
+            (
+                "{ during = \"nite\" }",
+                "rules[0].match.during",
+                20,
+                "unknown window \"nite\" (defined: night, nyc, weekend)",
+            ),
+            (
+                "{ not_during = [\"night\", \"weekends\"] }",
+                "rules[0].match.not_during[1]",
+                34,
+                "unknown window \"weekends\"",
+            ),
+            (
+                "{ during = [] }",
+                "rules[0].match.during",
+                20,
+                "an empty list matches nothing",
+            ),
+        ];
+        for (m, key, column, message) in cases {
+            let error = parse(&format!("[[rules]]\nname = \"r\"\nmatch = {m}\n")).unwrap_err();
+            assert_eq!(error.key.as_deref(), Some(key), "{error}");
+            assert_eq!(error.position, Some((FIRST_LINE + 2, column)), "{error}");
+            assert!(error.message.contains(message), "{error}");
+        }
+        let none = Config::parse(
+            Path::new("t.toml"),
+            "[imap]\nhost = \"127.0.0.1\"\ntls = \"none\"\nusername = \"u\"\npassword = \"p\"\n\
+             [[rules]]\nname = \"r\"\nmatch = { during = \"night\" }\n",
+            &|_| None,
+        )
+        .unwrap_err();
+        assert!(
+            none.message
+                .contains("none is defined: add a [windows.NAME] table"),
+            "{none}"
+        );
+    }
 }

@@ -2,7 +2,9 @@
 //! renderings, JSON and text.
 //!
 //! Guarantees: one trace entry per rule, in order, including the rules never reached; the
-//! actual values quoted are single lines of at most [`EXPLAIN_VALUE_CHARS`] characters.
+//! actual values quoted are single lines of at most [`EXPLAIN_VALUE_CHARS`] characters; a
+//! window condition (`during`, `not_during`) shows the wall-clock time it was tested at,
+//! whether it failed or held.
 
 use std::fmt::Write as _;
 
@@ -23,6 +25,10 @@ pub struct RuleTrace {
     pub failed: Option<String>,
     /// Whether the rule was tried at all: `false` once an earlier rule decided.
     pub reached: bool,
+    /// The window conditions that held, up to the first that failed (`during night: yes (now
+    /// 23:10 Wed Europe/Berlin)`): which time the rule saw. Left out of the JSON when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<String>,
 }
 
 /// Adds `"explain": [...]` to a `classify --json` object.
@@ -32,15 +38,20 @@ pub fn explain_json(object: &mut serde_json::Value, trace: &[RuleTrace]) {
     }
 }
 
-/// The `classify --explain` text: one indented line per rule.
+/// The `classify --explain` text: one indented line per rule, the window conditions that held
+/// after its outcome: `rule night-chat: matched; during night: yes (now 23:10 Wed UTC)`.
 pub fn explain_text(trace: &[RuleTrace]) -> String {
     let mut out = String::new();
     for t in trace {
-        let outcome = match (&t.failed, t.reached) {
+        let mut outcome = match (&t.failed, t.reached) {
             (None, _) => "matched".to_owned(),
             (Some(_), false) => "not reached".to_owned(),
             (Some(why), true) => format!("no match: {why}"),
         };
+        for held in &t.windows {
+            outcome.push_str("; ");
+            outcome.push_str(held);
+        }
         // Writing to a String cannot fail.
         let _ = writeln!(out, "    rule {}: {outcome}", t.rule);
     }

@@ -57,7 +57,7 @@ impl Patterns {
 
 /// Translates a shell-style glob into an anchored regex (see the `route` module docs for the
 /// syntax).
-pub(super) fn glob_regex(glob: &str, case_insensitive: bool) -> Result<Regex, String> {
+pub(crate) fn glob_regex(glob: &str, case_insensitive: bool) -> Result<Regex, String> {
     let mut re = String::with_capacity(glob.len() * 2 + 12);
     // `s`: `*` also spans a newline, should a hostile value carry one.
     re.push_str(if case_insensitive {

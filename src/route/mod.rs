@@ -31,6 +31,17 @@
 //! | `header.NAME` | `"header.X-Mailer" = "^smartd"` or `header = { X-Mailer = "^smartd" }` | regex: any header called NAME (case-insensitive name) has a matching value |
 //! | `failed` | `failed = true` | the alert's `failed` equals this; an alert whose `failed` is null (not applicable) matches neither `true` nor `false` |
 //! | `severity` | `severity = "critical"`, `severity = ["warning", "critical"]`, `severity = ">= warning"` | the alert's severity *before this rule's actions* is one of these; `>=`, `>`, `<=`, `<` compare by urgency (`info < warning < critical`) |
+//! | `during` | `during = "night"`, `during = ["night", "weekend"]` | the time the mail is routed (when it is ingested) is in any of these `[windows.NAME]` |
+//! | `not_during` | `not_during = "office-hours"` | that time is in none of these windows |
+//!
+//! `[windows.NAME]` (Alertmanager's `time_intervals`): `from = "22:00"` and `to = "07:00"`
+//! (local wall-clock `HH:MM`, `to` not included; defaults `"00:00"` and `"24:00"`; `from`
+//! later than `to` runs past midnight, and belongs to the day it started on: 22:00 Friday to
+//! 07:00 Saturday is `fri`; `from` equal to `to` is the whole day), `days = ["mon", ...,
+//! "sun"]` (default every day), `timezone = "Europe/Berlin"` (an IANA name; default the
+//! system's local time zone, which honours `TZ`). The instant is converted to the zone's
+//! wall-clock time before comparing, so across a daylight saving change a window keeps to the
+//! clock on the wall: over a skipped hour it is shorter, over a repeated hour longer.
 //!
 //! `header.NAME` in TOML: inside the inline table `match = { ... }`, write the key quoted,
 //! `"header.X-Cron-Env" = "SHELL"`, or unquoted, `header.X-Cron-Env = "SHELL"` (a dotted key,
@@ -56,19 +67,24 @@
 //! # Invariants
 //!
 //! - Everything is checked when the configuration is read, with the location of the offending
-//!   value: unknown kinds and severities, globs and regexes that do not compile, templates
-//!   that do not compile or name a variable that does not exist, and `drop = true` together
-//!   with `continue` or `sinks` (which could never take effect).
-//! - Matching compiles nothing and allocates nothing: kinds and severities are bit sets, globs
-//!   and regexes are compiled once, and conditions are tested cheapest first.
+//!   value: unknown kinds, severities and windows, globs and regexes that do not compile,
+//!   window times, days and time zones that do not exist, templates that do not compile or
+//!   name a variable that does not exist, and `drop = true` together with `continue` or
+//!   `sinks` (which could never take effect).
+//! - Matching compiles nothing and allocates nothing: kinds and severities are bit sets, globs,
+//!   regexes and windows are compiled once, and conditions are tested cheapest first.
+//! - Matching takes the instant that `during` tests as an argument ([`Router::decide_at`],
+//!   [`route_at`]), so a test can fix it; [`Router::decide`] and [`route`] read the clock once
+//!   per message, when it is routed (ingested).
 //! - A template that fails when rendered never loses the alert: the text from before the
 //!   template stays, and a warning is logged.
 //!
 //! # Layout
 //!
 //! `rule` reads and validates a rule and applies its actions, `condition` its `match`,
-//! `glob` the patterns of string conditions, `template` its templates; `explain` is
-//! `--explain`'s trace, `typical` the sample rules. Evaluation is here.
+//! `glob` the patterns of string conditions, `window` the `[windows.NAME]` that `during`
+//! tests, `template` its templates; `explain` is `--explain`'s trace, `typical` the sample
+//! rules. Evaluation is here.
 
 mod condition;
 mod explain;
@@ -76,16 +92,21 @@ mod glob;
 mod rule;
 mod template;
 mod typical;
+mod window;
 
+use chrono::{DateTime, Utc};
 use herald_bridges::Alert;
 
 use crate::classify::Message;
 
 pub use explain::{explain_json, explain_text, RuleTrace};
+pub(crate) use glob::glob_regex;
 pub(crate) use rule::RawRule;
 pub use rule::Rule;
 pub use template::{DEDUP_KEY_MAX_CHARS, SUMMARY_MAX_CHARS, TITLE_MAX_CHARS};
 pub use typical::{typical_config_toml, typical_rules_toml};
+pub(crate) use window::RawWindow;
+pub use window::Window;
 
 /// Where an alert goes.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,11 +135,22 @@ impl Router {
         }
     }
 
-    /// Parses, classifies and routes one message; `truncated` says `raw` is only its start,
-    /// `origin` is the `(account, folder)` it was found in (none for a file).
+    /// Parses, classifies and routes one message now; `truncated` says `raw` is only its
+    /// start, `origin` is the `(account, folder)` it was found in (none for a file).
     pub fn decide(&self, raw: &[u8], truncated: bool, origin: Option<(&str, &str)>) -> Decision {
+        self.decide_at(raw, truncated, origin, Utc::now())
+    }
+
+    /// [`Router::decide`] as if it were `now`: the instant `during` and `not_during` test.
+    pub fn decide_at(
+        &self,
+        raw: &[u8],
+        truncated: bool,
+        origin: Option<(&str, &str)>,
+        now: DateTime<Utc>,
+    ) -> Decision {
         let (message, alert) = classified(raw, truncated, origin);
-        route(&self.rules, &self.default_sinks, &message, alert)
+        route_at(&self.rules, &self.default_sinks, &message, alert, now)
     }
 
     /// [`Router::decide`], and what each rule made of the message (`classify --explain`).
@@ -128,6 +160,17 @@ impl Router {
         truncated: bool,
         origin: Option<(&str, &str)>,
     ) -> (Decision, Vec<RuleTrace>) {
+        self.explain_at(raw, truncated, origin, Utc::now())
+    }
+
+    /// [`Router::explain`] as if it were `now`.
+    pub fn explain_at(
+        &self,
+        raw: &[u8],
+        truncated: bool,
+        origin: Option<(&str, &str)>,
+        now: DateTime<Utc>,
+    ) -> (Decision, Vec<RuleTrace>) {
         let (message, alert) = classified(raw, truncated, origin);
         let mut trace = Vec::with_capacity(self.rules.len());
         let decision = evaluate(
@@ -135,6 +178,7 @@ impl Router {
             &self.default_sinks,
             &message,
             alert,
+            now,
             Some(&mut trace),
         );
         (decision, trace)
@@ -152,22 +196,34 @@ fn classified(raw: &[u8], truncated: bool, origin: Option<(&str, &str)>) -> (Mes
     (message, alert)
 }
 
-/// Applies `rules` to `alert`.
+/// Applies `rules` to `alert` now.
 pub fn route(
     rules: &[Rule],
     default_sinks: &[String],
     message: &Message,
     alert: Alert,
 ) -> Decision {
-    evaluate(rules, default_sinks, message, alert, None)
+    route_at(rules, default_sinks, message, alert, Utc::now())
 }
 
-/// [`route`], recording each rule's outcome in `trace` when given.
+/// [`route`] as if it were `now`: the instant `during` and `not_during` test.
+pub fn route_at(
+    rules: &[Rule],
+    default_sinks: &[String],
+    message: &Message,
+    alert: Alert,
+    now: DateTime<Utc>,
+) -> Decision {
+    evaluate(rules, default_sinks, message, alert, now, None)
+}
+
+/// [`route_at`], recording each rule's outcome in `trace` when given.
 fn evaluate(
     rules: &[Rule],
     default_sinks: &[String],
     message: &Message,
     mut alert: Alert,
+    now: DateTime<Utc>,
     mut trace: Option<&mut Vec<RuleTrace>>,
 ) -> Decision {
     let mut sinks: Vec<String> = Vec::new();
@@ -183,16 +239,18 @@ fn evaluate(
                 matched: false,
                 failed: Some(format!("not reached: rule {decider:?} decided")),
                 reached: false,
+                windows: Vec::new(),
             });
             continue;
         }
-        let failure = rule.first_failure(message, &alert);
+        let failure = rule.first_failure(message, &alert, now);
         if let Some(trace) = trace.as_deref_mut() {
             trace.push(RuleTrace {
                 rule: rule.name.clone(),
                 matched: failure.is_none(),
-                failed: failure.map(|c| c.explain_failure(message, &alert)),
+                failed: failure.map(|c| c.explain_failure(message, &alert, now)),
                 reached: true,
+                windows: rule.held_windows(message, &alert, now),
             });
         }
         if failure.is_some() {
@@ -727,6 +785,7 @@ mod tests {
             &c.default_sinks,
             &message(),
             Alert::sample(),
+            DateTime::UNIX_EPOCH,
             Some(&mut trace),
         );
         assert_eq!(
@@ -782,6 +841,7 @@ mod tests {
             &c.default_sinks,
             &message(),
             alert,
+            DateTime::UNIX_EPOCH,
             Some(&mut trace),
         );
         let failed: Vec<_> = trace.iter().filter_map(|t| t.failed.clone()).collect();

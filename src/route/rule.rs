@@ -5,8 +5,10 @@
 //! been checked, and a rule with `drop = true` never also names sinks or `continue`. Applying a
 //! rule ([`Rule::act`]) never fails: a template that fails keeps the text it would replace.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use herald_bridges::text::one_line;
 use herald_bridges::{Alert, Severity};
 use serde::Deserialize;
@@ -17,7 +19,9 @@ use super::template::{
     compile_template, template_environment, TemplateContext, Templates, DEDUP_KEY_MAX_CHARS,
     SUMMARY_MAX_CHARS, TITLE_MAX_CHARS,
 };
+use super::window::Window;
 use crate::classify::Message;
+use crate::dispatch::policy::{Humane, RawPolicy};
 use crate::error::{ConfigError, Locate};
 
 /// `[[rules]]` as written.
@@ -38,6 +42,13 @@ pub(crate) struct RawRule {
     title: Option<Spanned<String>>,
     summary: Option<Spanned<String>>,
     dedup_key: Option<Spanned<String>>,
+    // The lifecycle keys, read by dispatch (see `dispatch::policy`); serde cannot flatten
+    // them into a table that denies unknown keys, hence one field each.
+    group_by: Option<Spanned<Vec<Spanned<String>>>>,
+    group_wait: Option<Humane>,
+    group_interval: Option<Humane>,
+    repeat_interval: Option<Humane>,
+    resolve_after: Option<Humane>,
 }
 
 /// A validated rule.
@@ -56,12 +67,26 @@ pub struct Rule {
 }
 
 impl RawRule {
-    /// Checks kinds, severities, globs, regexes and templates, and resolves sink names with
-    /// `sink`; every error carries the offending value's location.
+    /// The rule's name and its lifecycle keys, taken out for dispatch.
+    pub(crate) fn take_policy(&mut self) -> (String, RawPolicy) {
+        let policy = RawPolicy {
+            group_by: self.group_by.take(),
+            group_wait: self.group_wait.take(),
+            group_interval: self.group_interval.take(),
+            repeat_interval: self.repeat_interval.take(),
+            resolve_after: self.resolve_after.take(),
+        };
+        (self.name.get_ref().clone(), policy)
+    }
+
+    /// Checks kinds, severities, globs, regexes and templates, resolves sink names with
+    /// `sink` and window names in `windows`; every error carries the offending value's
+    /// location.
     pub(crate) fn validate(
         self,
         key: &str,
         sink: &dyn Fn(&Spanned<String>) -> Result<String, ConfigError>,
+        windows: &BTreeMap<String, Window>,
         locate: &dyn Locate,
     ) -> Result<Rule, ConfigError> {
         if self.name.get_ref().trim().is_empty() {
@@ -71,7 +96,9 @@ impl RawRule {
                 "must not be empty: `--explain` and the alert's `rule` field show it".into(),
             ));
         }
-        let conditions = self.conditions.validate(&format!("{key}.match"), locate)?;
+        let conditions = self
+            .conditions
+            .validate(&format!("{key}.match"), windows, locate)?;
         let keep_going = self.keep_going.as_ref().is_some_and(|k| *k.get_ref());
         if self.drop {
             if let Some(k) = self.keep_going.as_ref().filter(|k| *k.get_ref()) {
@@ -122,14 +149,36 @@ impl RawRule {
 }
 
 impl Rule {
-    /// Whether every condition holds.
-    pub fn matches(&self, message: &Message, alert: &Alert) -> bool {
-        self.conditions.iter().all(|c| c.holds(message, alert))
+    /// Whether every condition holds at `now` (the instant `during` and `not_during` test).
+    pub fn matches(&self, message: &Message, alert: &Alert, now: DateTime<Utc>) -> bool {
+        self.conditions.iter().all(|c| c.holds(message, alert, now))
     }
 
-    /// The first condition that does not hold.
-    pub(super) fn first_failure(&self, message: &Message, alert: &Alert) -> Option<&Condition> {
-        self.conditions.iter().find(|c| !c.holds(message, alert))
+    /// The first condition that does not hold at `now`.
+    pub(super) fn first_failure(
+        &self,
+        message: &Message,
+        alert: &Alert,
+        now: DateTime<Utc>,
+    ) -> Option<&Condition> {
+        self.conditions
+            .iter()
+            .find(|c| !c.holds(message, alert, now))
+    }
+
+    /// For `--explain`: the window conditions that held at `now`, up to the first condition
+    /// that did not (the ones matching tested), each as `during night: yes (now ...)`.
+    pub(super) fn held_windows(
+        &self,
+        message: &Message,
+        alert: &Alert,
+        now: DateTime<Utc>,
+    ) -> Vec<String> {
+        self.conditions
+            .iter()
+            .take_while(|c| c.holds(message, alert, now))
+            .filter_map(|c| c.window_note(now))
+            .collect()
     }
 
     /// Applies this rule's actions (other than routing) to `alert`.

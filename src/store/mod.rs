@@ -140,6 +140,9 @@ pub struct Fetched {
     pub content_key: String,
     /// Its alert and sinks; `None` when a rule dropped it or it was routed nowhere.
     pub routed: Option<Routed>,
+    /// Its alert when it goes nowhere, and why ([`Fate::Dropped`] or [`Fate::Unrouted`]):
+    /// stored as already dispatched, so `herald alerts` can say what became of it.
+    pub settled: Option<(Alert, Fate)>,
 }
 
 /// What ingest commits in one transaction.
@@ -166,15 +169,155 @@ pub struct Undispatched {
     pub routed: Routed,
 }
 
-/// What dispatch decided for one alert: the outbox rows to create (possibly none).
-#[derive(Debug, Clone)]
-pub struct Dispatch {
-    /// The alert's id.
+/// One problem dispatch knows of: a `dedup_key`, its group, and what has been said of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The problem: its alerts' `dedup_key`.
+    pub dedup_key: String,
+    /// Its group's id (see [`Group::id`]).
+    pub group_id: String,
+    /// Whether a failure (or an alert of severity warning or more) opened it, so that a
+    /// recovery resolves it; a problem of informational alerts only folds their repeats.
+    pub open: bool,
+    /// Its first alert (ms).
+    pub first_at: i64,
+    /// Its latest alert (ms).
+    pub last_at: i64,
+    /// When it was last notified (ms); `None` while its first notification is pending.
+    pub notified_at: Option<i64>,
+    /// Alerts since that notification that were counted instead of sent.
+    pub folded: u64,
+    /// When the first of those came (ms).
+    pub folded_since: Option<i64>,
+    /// When its folded repeats are next reminded of (ms).
+    pub remind_at: Option<i64>,
+    /// When it closes quietly unless a new alert comes (ms).
+    pub expire_at: i64,
+    /// Whether it waits for its group's next notification (new, or with a reminder due).
+    pub pending: bool,
+    /// Its latest alert's id: what a reminder or a digest shows of it.
     pub alert_id: i64,
+    /// The sinks its alerts were routed to: where its notifications and recovery go.
+    pub sinks: Vec<String>,
+}
+
+/// A group: the problems that share a rule and the values of its `group_by`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// The rule's name and the group key, which together name the group.
+    pub id: String,
+    /// The group key: what PagerDuty keys the group's incident by.
+    pub key: String,
+    /// When the group last notified (ms); `None` for a group that has not yet.
+    pub notified_at: Option<i64>,
+    /// When its pending problems are next notified (ms); `None` when none is pending.
+    pub flush_at: Option<i64>,
+}
+
+/// Dispatch's state for a set of problems and groups, as read from the store.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    /// The problems asked for, and every problem of the groups asked for or theirs.
+    pub problems: Vec<Problem>,
+    /// Those problems' groups, and the groups asked for, where they exist.
+    pub groups: Vec<Group>,
+}
+
+/// What dispatch made of an alert: kept with it for `herald alerts`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Fate {
+    /// Notified at once (alone, or in a digest) to its sinks.
+    Notified {
+        /// The group it notified as.
+        group: String,
+        /// Whether it went in a digest with other problems.
+        digest: bool,
+    },
+    /// Waiting for its group's next notification (a `group_wait` or `group_interval`).
+    Grouped {
+        /// The group.
+        group: String,
+        /// When the group notifies (ms).
+        due_at: i64,
+    },
+    /// A repeat of a problem already notified: counted, not sent.
+    Folded {
+        /// The problem.
+        problem: String,
+        /// Its repeats folded so far, this one included.
+        count: u64,
+    },
+    /// A recovery that resolved an open problem.
+    Resolved {
+        /// The problem.
+        problem: String,
+        /// Whether the problem had been notified (so its sinks heard of the recovery).
+        notified: bool,
+    },
+    /// Matched a silence.
+    Silenced {
+        /// The silences that matched.
+        silences: Vec<i64>,
+    },
+    /// A rule said `drop = true`.
+    Dropped {
+        /// The rule.
+        rule: Option<String>,
+    },
+    /// No rule routed it and `[defaults] sinks` is empty.
+    Unrouted,
+    /// A notification dispatch made: a reminder, a digest or a recovery notice.
+    Notice {
+        /// The group it is about.
+        group: String,
+    },
+}
+
+/// What an outbox row delivers.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// An alert already stored, optionally with its stored form replaced first (dispatch sets
+    /// its `group_key`, or marks a recovery `resolve`).
+    Stored {
+        /// The alert's id.
+        id: i64,
+        /// Its new form, if it changes.
+        rewrite: Option<Alert>,
+    },
+    /// A new alert made by dispatch (a reminder, a digest, a recovery): stored as dispatched.
+    New(Alert),
+}
+
+/// One notification: what is sent and where.
+#[derive(Debug, Clone)]
+pub struct Notification {
+    /// What is sent.
+    pub payload: Payload,
     /// Its severity: within a sink, critical rows are delivered before warning before info.
     pub severity: Severity,
     /// One outbox row for each.
     pub destinations: Vec<Destination>,
+}
+
+/// Everything one dispatch pass decided, committed in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Decisions {
+    /// Alerts leaving "undispatched", each with its fate. One that another pass already
+    /// dispatched makes the whole commit a no-op ([`DispatchStore::dispatch`] returns false).
+    pub decided: Vec<(i64, Fate)>,
+    /// The outbox rows to create.
+    pub notifications: Vec<Notification>,
+    /// Problems created or changed.
+    pub problems: Vec<Problem>,
+    /// Problems closed (resolved, or quiet for `resolve_after`), by `dedup_key`.
+    pub closed: Vec<String>,
+    /// Groups created or changed.
+    pub groups: Vec<Group>,
+    /// Groups left without problems, by id.
+    pub ended: Vec<String>,
+    /// Alerts suppressed, by silence id.
+    pub suppressed: Vec<(i64, u64)>,
 }
 
 /// An outbox row due for delivery.
@@ -256,6 +399,21 @@ pub struct Row {
     pub last_error: Option<String>,
     /// The alert's title.
     pub title: String,
+}
+
+/// A recent alert and what became of it, as `herald alerts` shows it.
+#[derive(Debug, Clone)]
+pub struct Recent {
+    /// The alert's id.
+    pub id: i64,
+    /// When it was stored (ms).
+    pub created_at: i64,
+    /// The alert (as dispatch last wrote it).
+    pub alert: Alert,
+    /// What dispatch made of it; `None` while it waits for dispatch.
+    pub fate: Option<Fate>,
+    /// Its outbox rows: sink, target, state, attempts, last error.
+    pub deliveries: Vec<(String, String, RowState, u32, Option<String>)>,
 }
 
 /// Why the store could not do what was asked.
@@ -379,8 +537,19 @@ pub trait IngestStore: Send + Sync {
 pub trait DispatchStore: Send + Sync {
     /// Up to `limit` undispatched alerts, oldest first.
     async fn undispatched(&self, limit: usize) -> Result<Vec<Undispatched>>;
-    /// Writes each decision's outbox rows and marks its alert dispatched, in one transaction.
-    async fn dispatch(&self, decisions: Vec<Dispatch>) -> Result<()>;
+    /// The problems named by `dedup_keys`, the groups named by `groups`, and, for each of
+    /// those groups and each group of a problem found, the group and all its problems.
+    async fn state(&self, dedup_keys: Vec<String>, groups: Vec<String>) -> Result<State>;
+    /// The state whose timers have come at `now`: groups due to notify, problems due for a
+    /// reminder or to close, with their groups and their groups' problems.
+    async fn due(&self, now: i64) -> Result<State>;
+    /// When the next timer of [`DispatchStore::due`] comes, if any.
+    async fn next_timer(&self) -> Result<Option<i64>>;
+    /// The stored alerts with these ids (those that exist).
+    async fn alerts(&self, ids: Vec<i64>) -> Result<Vec<(i64, Alert)>>;
+    /// Commits a pass in one transaction: fates, outbox rows, state, silence counts. Returns
+    /// false, having changed nothing, when one of its alerts was already dispatched.
+    async fn dispatch(&self, decisions: Decisions) -> Result<bool>;
 }
 
 /// What a delivery worker needs.
@@ -425,11 +594,13 @@ pub trait AdminStore: Send + Sync {
     async fn check_writable(&self) -> Result<()>;
     /// Row counts by sink and state.
     async fn counts(&self) -> Result<Vec<(String, RowState, u64)>>;
+    /// The alerts stored since `since` (ms), newest last, at most the `limit` newest.
+    async fn recent(&self, since: i64, limit: usize) -> Result<Vec<Recent>>;
 }
 
 /// Everything a daemon's stages need, from one backend.
-pub trait Store: IngestStore + DispatchStore + OutboxStore + AdminStore {}
-impl<T: IngestStore + DispatchStore + OutboxStore + AdminStore> Store for T {}
+pub trait Store: IngestStore + DispatchStore + OutboxStore + AdminStore + SilenceStore {}
+impl<T: IngestStore + DispatchStore + OutboxStore + AdminStore + SilenceStore> Store for T {}
 
 /// How a process uses the state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -492,6 +663,7 @@ pub(crate) mod testing {
                         alert: Alert::sample(),
                         sinks: sinks.iter().map(|s| (*s).to_owned()).collect(),
                     }),
+                    settled: None,
                 })
                 .collect(),
             cursor: uids.iter().copied().max().unwrap_or(0),
@@ -502,10 +674,21 @@ pub(crate) mod testing {
     /// Dispatches every waiting alert to one row per routed sink, as plain fan-out does.
     pub(crate) async fn dispatch_all(store: &dyn Store) {
         let waiting = store.undispatched(usize::MAX).await.unwrap();
-        let decisions = waiting
-            .into_iter()
-            .map(|u| Dispatch {
-                alert_id: u.id,
+        let mut decisions = Decisions::default();
+        for u in waiting {
+            let group = u.routed.alert.dedup_key.clone();
+            decisions.decided.push((
+                u.id,
+                Fate::Notified {
+                    group,
+                    digest: false,
+                },
+            ));
+            decisions.notifications.push(Notification {
+                payload: Payload::Stored {
+                    id: u.id,
+                    rewrite: None,
+                },
                 severity: u.routed.alert.severity,
                 destinations: to(&u
                     .routed
@@ -513,9 +696,9 @@ pub(crate) mod testing {
                     .iter()
                     .map(String::as_str)
                     .collect::<Vec<_>>()),
-            })
-            .collect();
-        store.dispatch(decisions).await.unwrap();
+            });
+        }
+        assert!(store.dispatch(decisions).await.unwrap());
     }
 
     /// Commits `uids` routed to `sinks` and dispatches them.

@@ -28,8 +28,10 @@ pub struct Silence {
 pub trait SilenceStore: Send + Sync {
     /// Stores a new silence (its `id` and `suppressed` are ignored); returns its id.
     async fn add_silence(&self, silence: Silence) -> Result<i64>;
-    /// Every silence, newest first; with `active_at`, only those holding then.
+    /// Every silence, newest first (by id); with `active_at`, only those holding then:
+    /// `starts_at <= active_at < ends_at`.
     async fn silences(&self, active_at: Option<i64>) -> Result<Vec<Silence>>;
-    /// Ends a silence at `now`; false if there is no such silence or it had already ended.
+    /// Ends a silence at `now` (its `ends_at` becomes `now`; the row and its count stay);
+    /// false if there is no such silence or it had already ended by `now`.
     async fn expire_silence(&self, id: i64, now: i64) -> Result<bool>;
 }

@@ -363,13 +363,21 @@ impl Mailbox {
                     sinks,
                     dropped,
                 } = decision;
-                fates.push(Fate::of(uid, &alert, dropped, &sinks));
-                let routed =
-                    (!dropped && !sinks.is_empty()).then_some(store::Routed { alert, sinks });
+                let fate = Fate::of(uid, &alert, dropped, &sinks);
+                let (routed, settled) = match &fate.route {
+                    Route::Sinks(_) => (Some(store::Routed { alert, sinks }), None),
+                    Route::Dropped { .. } => {
+                        let rule = alert.rule.clone();
+                        (None, Some((alert, store::Fate::Dropped { rule })))
+                    }
+                    Route::Nowhere => (None, Some((alert, store::Fate::Unrouted))),
+                };
+                fates.push(fate);
                 store::Fetched {
                     uid,
                     content_key,
                     routed,
+                    settled,
                 }
             })
             .collect();

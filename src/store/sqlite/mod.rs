@@ -12,8 +12,10 @@
 //! The schema is versioned (`migrations`), and [`Access::Daemon`] holds an exclusive lock
 //! on `PATH.lock` (see `lock`) for as long as it runs.
 
+mod dispatch;
 mod lock;
 mod migrations;
+mod silences;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,8 +25,8 @@ use herald_bridges::Severity;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{
-    now_ms, Access, AdminStore, Batch, Cursor, Dispatch, DispatchStore, Due, IngestStore,
-    MailboxId, OutboxStore, Result, Routed, Row, RowState, StoreError, Undispatched,
+    now_ms, Access, AdminStore, Batch, Cursor, Due, IngestStore, MailboxId, OutboxStore, Recent,
+    Result, Routed, Row, RowState, StoreError,
 };
 
 /// The SQLite store.
@@ -261,7 +263,19 @@ impl IngestStore for SqliteStore {
         let rows = messages
             .into_iter()
             .map(|m| {
-                let alert = m.routed.as_ref().map(Encoded::of).transpose()?;
+                let alert = match (&m.routed, m.settled) {
+                    (Some(routed), _) => Some((Encoded::of(routed)?, None)),
+                    (None, Some((alert, fate))) => {
+                        let encoded = Encoded::of(&Routed {
+                            alert,
+                            sinks: Vec::new(),
+                        })?;
+                        let fate = serde_json::to_string(&fate)
+                            .map_err(|e| StoreError::backend("cannot encode an alert", e))?;
+                        Some((encoded, Some(fate)))
+                    }
+                    (None, None) => None,
+                };
                 Ok((m.uid, m.content_key, alert))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -278,17 +292,24 @@ impl IngestStore for SqliteStore {
                     let mut done = tx.prepare_cached(
                         "DELETE FROM backlog WHERE account = ?1 AND folder = ?2 AND uidvalidity = ?3 AND uid = ?4",
                     )?;
+                    let mut settle = tx.prepare_cached(
+                        "UPDATE alerts SET dispatched_at = ?2, fate = ?3 WHERE id = ?1",
+                    )?;
                     for (uid, content_key, alert) in &rows {
                         done.execute(params![account, folder, uidvalidity, uid])?;
                         if mark {
                             insert_mark.execute(params![account, folder, uidvalidity, uid])?;
                         }
-                        let Some(alert) = alert else {
+                        let Some((alert, settled)) = alert else {
                             continue;
                         };
                         let source = Some((&mailbox, uidvalidity, *uid));
-                        if insert_alert(&tx, source, Some(content_key), alert, now)?.is_none() {
-                            known.push(*uid);
+                        match insert_alert(&tx, source, Some(content_key), alert, now)? {
+                            None => known.push(*uid),
+                            // An alert that goes nowhere is dispatched as it is stored.
+                            Some(id) => if let Some(fate) = settled {
+                                settle.execute(params![id, now, fate])?;
+                            },
                         }
                     }
                 }
@@ -469,75 +490,6 @@ impl SqliteStore {
                 let mut update = tx.prepare_cached(sql)?;
                 for id in ids {
                     update.execute([id])?;
-                }
-            }
-            tx.commit()
-        })
-        .await
-    }
-}
-
-#[async_trait]
-impl DispatchStore for SqliteStore {
-    async fn undispatched(&self, limit: usize) -> Result<Vec<Undispatched>> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self
-            .run("cannot read undispatched alerts", Durability::Read, move |conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT id, alert, sinks FROM alerts WHERE dispatched_at IS NULL ORDER BY id LIMIT ?1",
-                )?;
-                let rows = stmt
-                    .query_map([limit], |row| {
-                        Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?))
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>();
-                rows
-            })
-            .await?;
-        rows.into_iter()
-            .map(|(id, alert, sinks)| {
-                Ok(Undispatched {
-                    id,
-                    routed: Routed {
-                        alert: decode(id, &alert)?,
-                        sinks: decode(id, &sinks)?,
-                    },
-                })
-            })
-            .collect()
-    }
-
-    async fn dispatch(&self, decisions: Vec<Dispatch>) -> Result<()> {
-        if decisions.is_empty() {
-            return Ok(());
-        }
-        self.run("cannot commit dispatched alerts", Durability::Crash, move |conn| {
-            let tx = conn.transaction()?;
-            let now = now_ms();
-            {
-                let mut insert_row = tx.prepare_cached(
-                    "INSERT INTO outbox (alert_id, sink, target, state, priority, next_attempt_at, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?5, ?5)",
-                )?;
-                let mut done = tx.prepare_cached(
-                    "UPDATE alerts SET dispatched_at = ?2 WHERE id = ?1 AND dispatched_at IS NULL",
-                )?;
-                for decision in decisions {
-                    // Only an alert this call moves out of "undispatched" gets rows, so a
-                    // decision made twice (two dispatchers, a replay) never doubles them.
-                    if done.execute(params![decision.alert_id, now])? == 0 {
-                        continue;
-                    }
-                    let priority = priority(decision.severity);
-                    for d in decision.destinations {
-                        insert_row.execute(params![
-                            decision.alert_id,
-                            d.sink,
-                            d.target,
-                            priority,
-                            now
-                        ])?;
-                    }
                 }
             }
             tx.commit()
@@ -752,7 +704,8 @@ impl AdminStore for SqliteStore {
                 let finished =
                     "SELECT id FROM alerts WHERE created_at < ?1 AND dispatched_at IS NOT NULL
                  AND NOT EXISTS (SELECT 1 FROM outbox
-                     WHERE outbox.alert_id = alerts.id AND state IN ('pending', 'sending'))";
+                     WHERE outbox.alert_id = alerts.id AND state IN ('pending', 'sending'))
+                 AND NOT EXISTS (SELECT 1 FROM problems WHERE problems.alert_id = alerts.id)";
                 tx.execute(
                     &format!("DELETE FROM outbox WHERE alert_id IN ({finished})"),
                     [before],
@@ -775,6 +728,57 @@ impl AdminStore for SqliteStore {
             |conn| conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;"),
         )
         .await
+    }
+
+    async fn recent(&self, since: i64, limit: usize) -> Result<Vec<Recent>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .run("cannot read recent alerts", Durability::Read, move |conn| {
+                let mut alerts = conn.prepare(
+                    "SELECT id, created_at, alert, fate FROM (
+                         SELECT id, created_at, alert, fate FROM alerts WHERE created_at >= ?1
+                         ORDER BY id DESC LIMIT ?2) ORDER BY id",
+                )?;
+                let mut rows = conn.prepare_cached(
+                    "SELECT sink, target, state, attempts, last_error FROM outbox WHERE alert_id = ?1 ORDER BY id",
+                )?;
+                let mut found = Vec::new();
+                for alert in alerts.query_map(params![since, limit], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, Option<String>>(3)?,
+                    ))
+                })? {
+                    let (id, created_at, alert, fate) = alert?;
+                    let deliveries = rows
+                        .query_map([id], |row| {
+                            Ok((
+                                row.get::<_, String>(0)?,
+                                row.get::<_, String>(1)?,
+                                parse_state(2, &row.get::<_, String>(2)?)?,
+                                row.get::<_, u32>(3)?,
+                                row.get::<_, Option<String>>(4)?,
+                            ))
+                        })?
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    found.push((id, created_at, alert, fate, deliveries));
+                }
+                Ok(found)
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(id, created_at, alert, fate, deliveries)| {
+                Ok(Recent {
+                    id,
+                    created_at,
+                    alert: decode(id, &alert)?,
+                    fate: fate.map(|f| decode(id, &f)).transpose()?,
+                    deliveries,
+                })
+            })
+            .collect()
     }
 
     async fn counts(&self) -> Result<Vec<(String, RowState, u64)>> {

@@ -1,6 +1,6 @@
 use super::*;
 use crate::store::testing::{batch, dispatch_all, put, store, to};
-use crate::store::{Access, Fetched, Store};
+use crate::store::{Access, Decisions, Fate, Fetched, Notification, Payload, Store};
 use herald_bridges::Alert;
 
 fn inbox() -> MailboxId {
@@ -59,13 +59,29 @@ async fn dispatching_an_alert_twice_writes_its_rows_once() {
     let (_dir, store) = store().await;
     store.commit(batch(1, &[1], &["a"], false)).await.unwrap();
     let waiting = store.undispatched(10).await.unwrap();
-    let decision = Dispatch {
-        alert_id: waiting[0].id,
-        severity: waiting[0].routed.alert.severity,
-        destinations: to(&["a"]),
+    let decisions = Decisions {
+        decided: vec![(
+            waiting[0].id,
+            Fate::Notified {
+                group: "g".into(),
+                digest: false,
+            },
+        )],
+        notifications: vec![Notification {
+            payload: Payload::Stored {
+                id: waiting[0].id,
+                rewrite: None,
+            },
+            severity: waiting[0].routed.alert.severity,
+            destinations: to(&["a"]),
+        }],
+        ..Decisions::default()
     };
-    store.dispatch(vec![decision.clone()]).await.unwrap();
-    store.dispatch(vec![decision]).await.unwrap();
+    assert!(store.dispatch(decisions.clone()).await.unwrap());
+    assert!(
+        !store.dispatch(decisions).await.unwrap(),
+        "the second pass is refused"
+    );
     assert_eq!(store.claim("a", now_ms(), 10).await.unwrap().len(), 1);
 }
 
@@ -288,6 +304,7 @@ async fn baseline_and_backlog() {
         uid: 98,
         content_key: "k98".into(),
         routed: None,
+        settled: None,
     }];
     store.commit(b).await.unwrap();
     assert_eq!(
