@@ -2,9 +2,18 @@
 //! `username`) with one embed per alert (reference/sinks.md §2).
 //!
 //! Embed: the title, a description with the summary (or the sink's template) and the first
-//! lines of the body in a code block, inline fields (host, user, command, exit status, kind,
-//! rule), a colour by severity and a footer. Sent with `?wait=true`, so a 2xx means Discord
-//! saved the message (without it a failed save still answers 204) \[DC-WH\].
+//! lines of the body in a code block, inline fields (host, user, command, exit status,
+//! repeats, kind, rule), a colour by severity and a footer. Sent with `?wait=true`, so a 2xx
+//! means Discord saved the message (without it a failed save still answers 204) \[DC-WH\].
+//!
+//! Dispatch's notifications (see [`crate::present`]):
+//! - A digest keeps the title (dispatch's, "12 problems: …") and fields; its description is
+//!   the summary, then a line per member (host, command, `×count`, first–last time) in place of
+//!   the body excerpt, as many as fit the description's 4096 characters and the embed's 6000,
+//!   then "… and N more" (with a template too: the list follows its text).
+//! - A recovery is labelled `RESOLVED`, coloured green ([`COLOR_RESOLVED`]) and leaves out the
+//!   body excerpt.
+//! - A reminder shows a "Repeats" field ("37 since 03:00").
 //!
 //! Guarantees:
 //! - Nothing pings: every request carries `allowed_mentions: {"parse": []}` \[DC-MSG\], and every
@@ -45,6 +54,9 @@ pub const FIELD_CHARS: usize = 256;
 pub const FOOTER_CHARS: usize = 100;
 /// All embed text together: 6000 characters \[DC-MSG\].
 pub const EMBED_TOTAL_CHARS: usize = 6000;
+/// The summary's share of the description: enough for dispatch's digest summary or a mail's
+/// first lines, leaving the rest to the excerpt or a digest's members.
+const SUMMARY_CHARS: usize = 1000;
 /// Webhook name: 1–80 characters \[DC-WH\].
 pub const USERNAME_CHARS: usize = 80;
 /// Red `0x992D22`, as Alertmanager's Discord notifier uses for firing alerts \[DC-MSG\], \[AM-DC\].
@@ -53,6 +65,8 @@ pub const COLOR_CRITICAL: u32 = 0x99_2D22;
 pub const COLOR_WARNING: u32 = 0xE6_7E22;
 /// Grey `0x95A5A6` (Discord's palette grey; our choice for information).
 pub const COLOR_INFO: u32 = 0x95_A5A6;
+/// Green `0x2ECC71` (Discord's palette green \[DC-MSG\]) for a recovery, whatever its severity.
+pub const COLOR_RESOLVED: u32 = 0x2E_CC71;
 /// Discord's staff-stated 5 requests / 2 s per webhook \[DC-367\] (approximate; headers rule).
 pub const DEFAULT_RATE: Rate = Rate::new(5, Duration::from_secs(2));
 /// `DiscordBot ($url, $version)`, the form Discord asks of clients \[DC-REF\].
@@ -172,9 +186,12 @@ fn escaped(text: &str) -> String {
     fit_chars(text, usize::MAX, escape)
 }
 
-/// The embed colour for a severity.
-pub fn color(severity: Severity) -> u32 {
-    match severity {
+/// The embed colour for an alert: green for a recovery, else by severity.
+pub fn color(alert: &Alert) -> u32 {
+    if alert.resolve {
+        return COLOR_RESOLVED;
+    }
+    match alert.severity {
         Severity::Critical => COLOR_CRITICAL,
         Severity::Warning => COLOR_WARNING,
         Severity::Info => COLOR_INFO,
@@ -208,13 +225,21 @@ pub fn payload(alert: &Alert, username: Option<&str>, template: Option<&Template
     let budget = EMBED_TOTAL_CHARS
         .saturating_sub(used)
         .min(DESCRIPTION_CHARS);
-    let description = match template.and_then(|t| t.render_or_default("discord", alert, &escaped)) {
-        Some(main) if !main.trim().is_empty() => fit_chars(&main, budget, crate::text::no_escape),
-        _ => default_description(alert, budget),
+    let templated = template
+        .and_then(|t| t.render_or_default("discord", alert, &escaped))
+        .filter(|main| !main.trim().is_empty());
+    let description = match templated {
+        // A template replaces the description, but a digest still lists its members.
+        Some(main) if !alert.digest.is_empty() => {
+            let main = fit_chars(&main, budget.min(SUMMARY_CHARS), crate::text::no_escape);
+            with_rest(main, budget, |room| members(alert, room))
+        }
+        Some(main) => fit_chars(&main, budget, crate::text::no_escape),
+        None => default_description(alert, budget),
     };
     let mut embed = json!({
         "title": title,
-        "color": color(alert.severity),
+        "color": color(alert),
         "fields": fields,
         "footer": {"text": footer},
     });
@@ -233,23 +258,44 @@ pub fn payload(alert: &Alert, username: Option<&str>, template: Option<&Template
     message
 }
 
-/// Summary, then the excerpt in a code block, within `budget` characters.
+/// Summary, then a digest's member lines or else the excerpt in a code block (none for a
+/// recovery), within `budget` characters.
 fn default_description(alert: &Alert, budget: usize) -> String {
-    let summary = fit_chars(&alert.summary, budget.min(1000), escape);
-    let mut text = summary.clone();
-    let excerpt = present::excerpt(alert);
-    // "\n\n```\n" + "\n```" = 10 characters of fence around the excerpt.
-    let separator = if summary.is_empty() { 0 } else { 2 };
-    let room = budget.saturating_sub(summary.chars().count() + separator + 8);
-    if !excerpt.is_empty() && room > 20 {
-        if !summary.is_empty() {
-            text.push_str("\n\n");
+    let summary = fit_chars(&alert.summary, budget.min(SUMMARY_CHARS), escape);
+    with_rest(summary, budget, |room| {
+        if !alert.digest.is_empty() {
+            return members(alert, room);
         }
-        text.push_str("```\n");
-        text.push_str(&fit_chars(&excerpt, room, escape));
-        text.push_str("\n```");
+        let excerpt = present::excerpt(alert);
+        // "```\n" + "\n```" = 8 characters of fence around the excerpt.
+        let room = room.saturating_sub(8);
+        if excerpt.is_empty() || alert.resolve || room <= 20 {
+            return String::new();
+        }
+        format!("```\n{}\n```", fit_chars(&excerpt, room, escape))
+    })
+}
+
+/// `main`, then a blank line and what `rest` makes of the characters left of `budget`.
+fn with_rest(main: String, budget: usize, rest: impl FnOnce(usize) -> String) -> String {
+    let separator = if main.is_empty() { 0 } else { 2 };
+    let part = rest(budget.saturating_sub(main.chars().count() + separator));
+    if part.is_empty() {
+        return main;
     }
+    let mut text = main;
+    if !text.is_empty() {
+        text.push_str("\n\n");
+    }
+    text.push_str(&part);
     text
+}
+
+/// A digest's member lines within `room` characters.
+fn members(alert: &Alert, room: usize) -> String {
+    present::digest_lines(alert, usize::MAX, room, escape)
+        .0
+        .join("\n")
 }
 
 /// Classifies an execute-webhook answer: 2xx delivered; 429 retried after the body's

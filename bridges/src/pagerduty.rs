@@ -5,13 +5,23 @@
 //! fields. An alert a rule marked `resolve` sends `event_action: resolve` with the same
 //! `dedup_key`, closing the incident its failures opened.
 //!
+//! Dispatch's notifications: PagerDuty keeps one incident per *group*
+//! ([`Sink::tracks_incidents`]), keyed by the alert's `group_key`, so a storm grouped across
+//! hosts is one incident and dispatch sends its recovery (a `resolve` with the group key) only
+//! once the group's last problem recovers. A digest is one `trigger` on that key whose
+//! summary starts with the count ("12 problems: …") and whose `custom_details.members` lists
+//! the problems (host, command, count, first and last time, …; `more` counts those not
+//! listed). A reminder is an ordinary `trigger`, folded into the open incident.
+//!
 //! Guarantees:
-//! - `dedup_key` is a pure function of the alert's `dedup_key`: repeats of one failing job,
-//!   and a resend after a crash, fold into one incident \[PD-TRIG\], and the recovery mail
-//!   resolves it. It is ≤ 255 characters \[PD-TRIG\] (a longer key becomes a prefix plus a
-//!   SHA-256 digest, still stable).
-//! - `payload.summary` ≤ 1024 characters \[PD-TRIG\]; the whole event ≤ 512,000 bytes, dropping
-//!   `custom_details` when over, as Alertmanager does \[PD-OV\], \[AM-PD\].
+//! - `dedup_key` is a pure function of the alert's `group_key` (when set and not blank) or
+//!   else its `dedup_key`: repeats of one failing job, and a resend after a crash, fold into
+//!   one incident \[PD-TRIG\], and the recovery resolves it. It is ≤ 255 characters
+//!   \[PD-TRIG\] (a longer key becomes a prefix plus a SHA-256 digest, still stable).
+//! - `payload.summary` ≤ 1024 characters \[PD-TRIG\]; the whole event ≤ 512,000 bytes: a
+//!   digest's members take at most [`MEMBERS_BYTES`] (the rest counted in `more`), and when the
+//!   event is still over, the other `custom_details` are dropped, as Alertmanager does
+//!   \[PD-OV\], \[AM-PD\].
 //! - 202 is delivered; 400 rejected with PagerDuty's `message`/`errors`; 429 and 5xx retried,
 //!   a 429 no sooner than its `Retry-After`, or 30 s when none is given \[PD-RL\].
 //! - The routing key is a secret: it travels only in the request body, and [`Config::render`]
@@ -44,6 +54,12 @@ pub const DEDUP_KEY_CHARS: usize = 255;
 pub const MAX_EVENT_BYTES: usize = 512_000;
 /// `component`, `group`, `class`: PagerDuty states no limit; 255 keeps them label-sized.
 pub const LABEL_CHARS: usize = 255;
+/// A digest's `custom_details.members`, serialized: under half the event, so the members and
+/// the rest of the details fit together in all but absurd cases; 50 members of ordinary size
+/// take a few kilobytes.
+pub const MEMBERS_BYTES: usize = 200_000;
+/// A member's title and summary in `custom_details`: as long as the event's own summary.
+const MEMBER_TEXT_CHARS: usize = SUMMARY_CHARS;
 /// The body excerpt in `custom_details`: as many lines as chat sinks show.
 const EXCERPT_LINES: usize = present::EXCERPT_LINES;
 /// ~120 events/min per integration key \[PD-RL\].
@@ -120,15 +136,20 @@ impl SinkKind for Config {
     }
 }
 
-/// The `dedup_key` for an alert: its own key when it fits, else a 190-character prefix, `#`
-/// and the SHA-256 of the whole key in hex (190 + 1 + 64 = 255).
+/// The `dedup_key` for an alert: its `group_key` when dispatch set one that is not blank (one
+/// incident per group), else its `dedup_key`; that key when it fits, else a 190-character
+/// prefix, `#` and the SHA-256 of the whole key in hex (190 + 1 + 64 = 255).
 ///
 /// Never empty: PagerDuty rejects a `resolve` without a key \[PD-TRIG\], and a trigger
 /// without one could never be resolved. A blank key (a `dedup_key` template that rendered
 /// nothing) becomes `herald:` and a digest of what names the problem (kind, host, user,
 /// command), so a failure and its recovery still meet.
 pub fn dedup_key(alert: &Alert) -> String {
-    let key = &alert.dedup_key;
+    let key = alert
+        .group_key
+        .as_ref()
+        .filter(|key| !key.trim().is_empty())
+        .unwrap_or(&alert.dedup_key);
     if key.trim().is_empty() {
         let mut hash = Sha256::new();
         for part in [
@@ -145,7 +166,7 @@ pub fn dedup_key(alert: &Alert) -> String {
         return format!("herald:{}", hex(&hash.finalize()));
     }
     if key.chars().count() <= DEDUP_KEY_CHARS {
-        return key.clone();
+        return key.to_owned();
     }
     let prefix: String = key.chars().take(DEDUP_KEY_CHARS - 65).collect();
     format!("{prefix}#{}", hex(&Sha256::digest(key.as_bytes())))
@@ -191,7 +212,13 @@ pub fn payload(alert: &Alert, routing_key: &str, template: Option<&Template>) ->
         .and_then(|t| t.render_or_default("pagerduty", alert, &|s| s.to_owned()))
         .filter(|s| !s.trim().is_empty())
         .unwrap_or_else(|| alert.title.clone());
-    let summary = fit_chars(&one_line(&main, usize::MAX), SUMMARY_CHARS, no_escape);
+    let mut main = one_line(&main, usize::MAX);
+    let problems = present::problems(alert);
+    // The count first, where the incident list shows it (dispatch's title already starts so).
+    if !alert.digest.is_empty() && !main.starts_with(&format!("{problems} ")) {
+        main = format!("{problems} problems: {main}");
+    }
+    let summary = fit_chars(&main, SUMMARY_CHARS, no_escape);
     let mut details = serde_json::Map::new();
     details.insert("kind".into(), json!(alert.kind));
     for (name, value) in [
@@ -225,6 +252,8 @@ pub fn payload(alert: &Alert, routing_key: &str, template: Option<&Template>) ->
     if !alert.facts.is_empty() {
         details.insert("facts".into(), json!(alert.facts));
     }
+    let digest = digest_details(alert);
+    details.extend(digest.clone());
     let mut inner = json!({
         "summary": summary,
         "source": source(alert),
@@ -256,12 +285,74 @@ pub fn payload(alert: &Alert, routing_key: &str, template: Option<&Template>) ->
             .get_mut("payload")
             .and_then(|p| p.get_mut("custom_details"))
         {
-            *details = json!({
-                "note": format!("custom details dropped: the event exceeded {MAX_EVENT_BYTES} bytes"),
-            });
+            // The members are bounded apart (MEMBERS_BYTES): they are what a digest is for.
+            let mut kept = digest;
+            kept.insert(
+                "note".into(),
+                json!(format!(
+                    "custom details dropped: the event exceeded {MAX_EVENT_BYTES} bytes"
+                )),
+            );
+            *details = Value::Object(kept);
         }
     }
     event
+}
+
+/// A digest's `custom_details` entries: `problems` (the count), `members` (one object per
+/// listed member, its texts on one line and cut, as many as fit [`MEMBERS_BYTES`]) and `more`
+/// (the problems not listed). None for an alert that is not a digest.
+fn digest_details(alert: &Alert) -> serde_json::Map<String, Value> {
+    let mut details = serde_json::Map::new();
+    if alert.digest.is_empty() {
+        return details;
+    }
+    let text = |s: &str| fit_chars(&one_line(s, usize::MAX), MEMBER_TEXT_CHARS, no_escape);
+    let mut members = Vec::new();
+    // "[" and "]", then a comma before each member but the first.
+    let mut used = 2usize;
+    for member in &alert.digest {
+        let mut entry = serde_json::Map::new();
+        entry.insert("kind".into(), json!(member.kind));
+        for (name, value) in [
+            ("host", &member.host),
+            ("user", &member.user),
+            ("command", &member.command),
+        ] {
+            if let Some(value) = value {
+                entry.insert(name.into(), json!(label(value)));
+            }
+        }
+        entry.insert("severity".into(), json!(member.severity));
+        if let Some(failed) = member.failed {
+            entry.insert("failed".into(), json!(failed));
+        }
+        entry.insert("title".into(), json!(text(&member.title)));
+        entry.insert("summary".into(), json!(text(&member.summary)));
+        entry.insert("count".into(), json!(member.count));
+        entry.insert("first".into(), json!(label(&member.first)));
+        entry.insert("last".into(), json!(label(&member.last)));
+        if member.reminder {
+            entry.insert("reminder".into(), json!(true));
+        }
+        let entry = Value::Object(entry);
+        let size = serde_json::to_vec(&entry).map_or(usize::MAX, |v| v.len());
+        let cost = size.saturating_add(usize::from(!members.is_empty()));
+        if used.saturating_add(cost) > MEMBERS_BYTES {
+            break;
+        }
+        used += cost;
+        members.push(entry);
+    }
+    let more = alert
+        .digest_more
+        .saturating_add((alert.digest.len() - members.len()) as u64);
+    details.insert("problems".into(), json!(present::problems(alert)));
+    details.insert("members".into(), Value::Array(members));
+    if more > 0 {
+        details.insert("more".into(), json!(more));
+    }
+    details
 }
 
 /// Classifies an Events API answer: 2xx (202) delivered; 429 retried after `Retry-After` or
@@ -323,6 +414,11 @@ impl PagerDuty {
 }
 
 impl Sink for PagerDuty {
+    /// One incident per group: a recovery must wait for the group's last open problem.
+    fn tracks_incidents(&self) -> bool {
+        true
+    }
+
     fn deliver<'a>(&'a self, alert: &'a Alert) -> DeliverFuture<'a> {
         Box::pin(async move {
             let event = payload(alert, self.routing_key.expose(), self.template.as_ref());

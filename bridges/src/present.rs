@@ -2,10 +2,18 @@
 //! facts in the same order and no sink re-invents the selection.
 //!
 //! Everything here is plain, unescaped text straight from the alert (hostile): each sink
-//! escapes and cuts it for its medium. The order is the order of usefulness, so a sink that
-//! must cut from the end keeps the most useful part.
+//! escapes and cuts it for its medium — except [`digest_lines`], which takes the sink's escape
+//! so that it can fit the escaped lines to the sink's budget. The order is the order of
+//! usefulness, so a sink that must cut from the end keeps the most useful part.
+//!
+//! The three kinds of notification dispatch makes, as every sink shows them:
+//! - a *recovery* (`resolve`): labelled [`RESOLVED_LABEL`] instead of the severity;
+//! - a *reminder* (`repeats`): a "Repeats" field ("37 since 03:00") in [`fields`];
+//! - a *digest* (`digest` non-empty): one line per member from [`digest_lines`], then
+//!   "… and N more" for the members not listed.
 
-use crate::Alert;
+use crate::text::{fit_chars, one_line};
+use crate::{Alert, Member};
 
 /// How many body lines an excerpt keeps: enough to show a cron job's error, few enough for a
 /// chat message.
@@ -26,6 +34,13 @@ pub fn fields(alert: &Alert) -> Vec<(&'static str, String)> {
     if let Some(status) = alert.exit_status {
         fields.push(("Exit status", status.to_string()));
     }
+    if let Some(repeats) = &alert.repeats {
+        let value = match clock(&repeats.since) {
+            Some(since) => format!("{} since {since}", repeats.count),
+            None => repeats.count.to_string(),
+        };
+        fields.push(("Repeats", value));
+    }
     fields.push(("Kind", alert.kind.as_str().to_owned()));
     if let Some(rule) = &alert.rule {
         fields.push(("Rule", rule.clone()));
@@ -39,8 +54,23 @@ pub fn fields(alert: &Alert) -> Vec<(&'static str, String)> {
         .collect()
 }
 
-/// `CRITICAL`, `WARNING`, `INFO`.
+/// The label shown instead of the severity on a recovery (an alert with `resolve` set).
+pub const RESOLVED_LABEL: &str = "RESOLVED";
+
+/// The most a digest member's line takes, as escaped for the sink (a host and a command's
+/// worth): members with hostile 1,000-character titles still leave room for a dozen of them
+/// in a chat message.
+pub const DIGEST_LINE_CHARS: usize = 160;
+
+/// The most a member's host takes of its line, so the command always shows.
+const DIGEST_HOST_CHARS: usize = 64;
+
+/// `CRITICAL`, `WARNING`, `INFO`; [`RESOLVED_LABEL`] for a recovery, whatever its severity
+/// (a recovery mail's severity says how bad the problem was, not that it is over).
 pub fn severity_label(alert: &Alert) -> String {
+    if alert.resolve {
+        return RESOLVED_LABEL.to_owned();
+    }
     alert.severity.as_str().to_uppercase()
 }
 
@@ -52,4 +82,271 @@ pub fn excerpt(alert: &Alert) -> String {
         text.push_str("\n[message truncated]");
     }
     text
+}
+
+/// `HH:MM` of an RFC 3339 time, as written (UTC or the offset it was given in: no time-zone
+/// arithmetic, so the same input always shows the same); `None` when `time` is not one. The
+/// result is ASCII digits and a colon only, whatever `time` held.
+pub fn clock(time: &str) -> Option<&str> {
+    let (_, rest) = time.split_once(['T', 't', ' '])?;
+    let hh_mm = rest.get(..5)?;
+    let bytes = hh_mm.as_bytes();
+    let digits = [0, 1, 3, 4]
+        .iter()
+        .all(|&i| bytes.get(i).is_some_and(u8::is_ascii_digit));
+    (digits && bytes.get(2) == Some(&b':')).then_some(hh_mm)
+}
+
+/// How many problems a digest covers: those listed and those counted in `digest_more` (0 for
+/// an alert that is not a digest).
+pub fn problems(alert: &Alert) -> u64 {
+    (alert.digest.len() as u64).saturating_add(alert.digest_more)
+}
+
+/// "… and N more": the last line of a digest list that could not name every member.
+pub fn more_line(more: u64) -> String {
+    format!("{} and {more} more", crate::text::ELLIPSIS)
+}
+
+/// The lines listing a digest's members, in order, one per member: host, command (or title
+/// when there is none), `×count` when more than one, and the first–last time
+/// (`web01: /usr/local/bin/backup.sh ×3 (03:00–03:12)`). Each field is flattened to one line
+/// and escaped with `escape` (the sink's), and each line is at most [`DIGEST_LINE_CHARS`]
+/// characters as escaped (a long command is cut, never the count or the times).
+///
+/// At most `max_lines` lines and `max_chars` characters are returned (counting a line feed
+/// between lines); the members that do not fit, and the `digest_more` that dispatch did not
+/// list, are counted in a last [`more_line`], for which room is always kept. Returns the lines
+/// and that count (0 when every problem is named). An alert that is not a digest has none.
+pub fn digest_lines(
+    alert: &Alert,
+    max_lines: usize,
+    max_chars: usize,
+    mut escape: impl FnMut(char, &mut String),
+) -> (Vec<String>, u64) {
+    let members = &alert.digest;
+    // The most the last line can say: nothing listed at all.
+    let reserve = more_line(problems(alert)).chars().count() + 1;
+    let mut lines = Vec::new();
+    let mut used = 0usize;
+    for (index, member) in members.iter().enumerate() {
+        let last = index + 1 == members.len() && alert.digest_more == 0;
+        // Unless this is the last problem, a "more" line may still have to follow it.
+        let (room_lines, room_chars) = if last { (0, 0) } else { (1, reserve) };
+        let line = member_line(member, DIGEST_LINE_CHARS.min(max_chars), &mut escape);
+        let cost = line.chars().count() + usize::from(!lines.is_empty());
+        if line.is_empty()
+            || lines.len() + 1 + room_lines > max_lines
+            || used + cost + room_chars > max_chars
+        {
+            break;
+        }
+        used += cost;
+        lines.push(line);
+    }
+    let more = alert
+        .digest_more
+        .saturating_add((members.len() - lines.len()) as u64);
+    if more > 0 {
+        let line = more_line(more);
+        let cost = line.chars().count() + usize::from(!lines.is_empty());
+        if lines.len() < max_lines && used + cost <= max_chars {
+            lines.push(line);
+        }
+    }
+    (lines, more)
+}
+
+/// One member's line, at most `max_chars` characters as escaped (see [`digest_lines`]).
+fn member_line(
+    member: &Member,
+    max_chars: usize,
+    escape: &mut impl FnMut(char, &mut String),
+) -> String {
+    let mut suffix = String::new();
+    if member.count > 1 {
+        suffix.push_str(&format!(" ×{}", member.count));
+    }
+    match (clock(&member.first), clock(&member.last)) {
+        (Some(first), Some(last)) if first != last => {
+            suffix.push_str(&format!(" ({first}–{last})"));
+        }
+        (Some(time), _) | (None, Some(time)) => suffix.push_str(&format!(" ({time})")),
+        (None, None) => {}
+    }
+    let mut room = max_chars.saturating_sub(suffix.chars().count());
+    let mut line = String::new();
+    let host = member.host.as_deref().map(|h| one_line(h, usize::MAX));
+    if let Some(host) = host.filter(|h| !h.is_empty()) {
+        // ": " after the host.
+        let host = fit_chars(&host, DIGEST_HOST_CHARS.min(room / 2), &mut *escape);
+        if !host.is_empty() {
+            room = room.saturating_sub(host.chars().count() + 2);
+            line.push_str(&host);
+            line.push_str(": ");
+        }
+    }
+    let command = member.command.as_deref().map(|c| one_line(c, usize::MAX));
+    let what = command
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| one_line(&member.title, usize::MAX));
+    let what = if what.is_empty() {
+        member.kind.as_str().to_owned()
+    } else {
+        what
+    };
+    line.push_str(&fit_chars(&what, room, &mut *escape));
+    line.push_str(&suffix);
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::text::no_escape;
+    use crate::{Kind, Repeats, Severity};
+
+    fn member(host: &str, count: u64, first: &str, last: &str) -> Member {
+        Member {
+            kind: Kind::Cron,
+            host: Some(host.into()),
+            user: Some("root".into()),
+            command: Some("/usr/local/bin/backup.sh".into()),
+            failed: Some(true),
+            severity: Severity::Warning,
+            title: format!("cron on {host}: /usr/local/bin/backup.sh"),
+            summary: "backup.sh: error".into(),
+            dedup_key: format!("cron:{host}:root:/usr/local/bin/backup.sh"),
+            count,
+            first: first.into(),
+            last: last.into(),
+            reminder: false,
+        }
+    }
+
+    fn digest(n: usize, more: u64) -> Alert {
+        let mut alert = Alert::sample();
+        alert.digest = (1..=n)
+            .map(|i| {
+                member(
+                    &format!("web{i:02}"),
+                    3,
+                    "2026-08-01T03:00:00Z",
+                    "2026-08-01T03:12:59+02:00",
+                )
+            })
+            .collect();
+        alert.digest_more = more;
+        alert
+    }
+
+    #[test]
+    fn clock_shows_the_time_as_written() {
+        assert_eq!(clock("2026-08-01T03:00:00Z"), Some("03:00"));
+        assert_eq!(clock("2026-08-01t23:59:00.5-07:00"), Some("23:59"));
+        assert_eq!(clock("2026-08-01 07:05:00+02:00"), Some("07:05"));
+        for bad in [
+            "",
+            "03:00",
+            "2026-08-01T3:00:00Z",
+            "2026-08-01T03-00",
+            "xT0é:00",
+        ] {
+            assert_eq!(clock(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_member_line_names_host_command_count_and_times() {
+        let (lines, more) = digest_lines(&digest(12, 0), usize::MAX, usize::MAX, no_escape);
+        assert_eq!(more, 0);
+        assert_eq!(lines.len(), 12, "every member, no marker: {lines:?}");
+        assert_eq!(lines[0], "web01: /usr/local/bin/backup.sh ×3 (03:00–03:12)");
+        assert_eq!(
+            lines[11],
+            "web12: /usr/local/bin/backup.sh ×3 (03:00–03:12)"
+        );
+        let mut once = digest(2, 0);
+        once.digest[0] = member("db1", 1, "2026-08-01T04:00:00Z", "2026-08-01T04:00:30Z");
+        once.digest[1].command = Some(" \t".into());
+        once.digest[1].host = None;
+        once.digest[1].first = "garbage".into();
+        let (lines, _) = digest_lines(&once, usize::MAX, usize::MAX, no_escape);
+        assert_eq!(lines[0], "db1: /usr/local/bin/backup.sh (04:00)");
+        assert_eq!(
+            lines[1], "cron on web02: /usr/local/bin/backup.sh ×3 (03:12)",
+            "no command: the title"
+        );
+    }
+
+    #[test]
+    fn what_does_not_fit_is_counted() {
+        // Four lines: three members and the marker, which counts dispatch's unlisted too.
+        let (lines, more) = digest_lines(&digest(12, 5), 4, usize::MAX, no_escape);
+        assert_eq!(more, 9 + 5);
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[3], "… and 14 more");
+        // A character budget, counted after escaping: `&` costs five here.
+        let mut amp = digest(12, 0);
+        for m in &mut amp.digest {
+            m.command = Some("a&b".repeat(10));
+        }
+        let escape = |ch: char, out: &mut String| {
+            if ch == '&' {
+                out.push_str("&amp;");
+            } else {
+                out.push(ch);
+            }
+        };
+        let (lines, more) = digest_lines(&amp, usize::MAX, 300, escape);
+        let total: usize = lines.iter().map(|l| l.chars().count() + 1).sum::<usize>() - 1;
+        assert!(total <= 300, "{total}");
+        assert!(
+            more > 0 && lines.last().unwrap() == &more_line(more),
+            "{lines:?}"
+        );
+        assert!(lines.iter().all(|l| !l.contains("a&b")), "escaped");
+        // No room at all: nothing, not even an empty line.
+        assert_eq!(digest_lines(&digest(3, 0), 0, 100, no_escape).0.len(), 0);
+        assert!(digest_lines(&digest(3, 0), 5, 0, no_escape).0.is_empty());
+        assert_eq!(
+            digest_lines(&Alert::sample(), 5, 100, no_escape),
+            (vec![], 0)
+        );
+    }
+
+    #[test]
+    fn hostile_members_stay_on_one_bounded_line() {
+        let mut alert = digest(50, 0);
+        for m in &mut alert.digest {
+            m.host = Some(format!("h\r\nQUIT :x\0{}", "é".repeat(300)));
+            m.command = None;
+            m.title = format!("t\n[CRITICAL] forged\x03{}", "x".repeat(1000));
+            m.count = u64::MAX;
+        }
+        let (lines, more) = digest_lines(&alert, usize::MAX, usize::MAX, no_escape);
+        assert_eq!((lines.len(), more), (50, 0));
+        for line in &lines {
+            assert!(line.chars().count() <= DIGEST_LINE_CHARS, "{line}");
+            assert!(!line.chars().any(char::is_control), "{line:?}");
+            assert!(
+                line.ends_with(&format!("×{} (03:00–03:12)", u64::MAX)),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn recovery_and_repeats_are_labelled() {
+        let mut alert = Alert::sample();
+        assert_eq!(severity_label(&alert), "WARNING");
+        alert.resolve = true;
+        assert_eq!(severity_label(&alert), RESOLVED_LABEL);
+        alert.repeats = Some(Repeats {
+            count: 37,
+            since: "2026-08-01T03:00:00Z".into(),
+            last: "2026-08-01T05:00:00Z".into(),
+        });
+        assert!(fields(&alert).contains(&("Repeats", "37 since 03:00".into())));
+    }
 }

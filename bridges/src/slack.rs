@@ -2,10 +2,19 @@
 //! posting with `chat.postMessage` (reference/sinks.md §1).
 //!
 //! Message: a notification `text` (severity emoji + title), a `header` block with the title, a
-//! `section` of labelled fields (host, user, command, exit status, kind, rule), a `section`
-//! with the summary (or the sink's template) and a `section` with the first lines of the body
-//! in a code block. `unfurl_links`/`unfurl_media` are off; `link_names` and `parse` are never
-//! sent.
+//! `section` of labelled fields (host, user, command, exit status, repeats, kind, rule), a
+//! `section` with the summary (or the sink's template) and a `section` with the first lines of
+//! the body in a code block. `unfurl_links`/`unfurl_media` are off; `link_names` and `parse`
+//! are never sent.
+//!
+//! Dispatch's notifications (see [`crate::present`]):
+//! - A digest keeps the header (dispatch's title, "12 problems: …"), fields and summary, and
+//!   lists its members in place of the body excerpt: one `section` with a line per member
+//!   (host, command, `×count`, first–last time), as many as fit the section's 3000
+//!   characters, then "… and N more" (with a template too: the list follows its text).
+//! - A recovery is labelled `RESOLVED` with a check-mark emoji (blocks have no colour) and
+//!   leaves out the body excerpt: the message says what recovered, not the mail's details.
+//! - A reminder shows a "Repeats" field ("37 since 03:00").
 //!
 //! Guarantees:
 //! - Mail text cannot mention or link: `&`, `<`, `>` are escaped in every string \[SL-FMT\],
@@ -50,7 +59,7 @@ pub const MAX_FIELDS: usize = 10;
 /// fallback here, so a title's worth is enough.
 pub const TEXT_CHARS: usize = 300;
 /// All block text together: ~13k failed in practice \[SL-BOLT2509\]; the blocks above add up to
-/// at most 150 + 6×(300+20) + 2×3000 + 300 ≈ 8,400.
+/// at most 150 + 7×(300+20) + 2×3000 ≈ 8,400 (a digest's list takes the excerpt's section).
 pub const MESSAGE_CHARS: usize = 12_000;
 /// Slack's documented 1 message/s for webhooks and per channel for chat.postMessage \[SL-RL\].
 pub const DEFAULT_RATE: Rate = Rate::new(1, Duration::from_secs(1));
@@ -195,8 +204,11 @@ fn escaped(text: &str) -> String {
     fit_chars(text, usize::MAX, escape)
 }
 
-fn emoji(severity: Severity) -> &'static str {
-    match severity {
+fn emoji(alert: &Alert) -> &'static str {
+    if alert.resolve {
+        return ":white_check_mark:";
+    }
+    match alert.severity {
         Severity::Critical => ":rotating_light:",
         Severity::Warning => ":warning:",
         Severity::Info => ":information_source:",
@@ -208,7 +220,7 @@ pub fn payload(alert: &Alert, channel: Option<&str>, template: Option<&Template>
     let title = one_line(&alert.title, usize::MAX);
     let label = present::severity_label(alert);
     let text = fit_chars(
-        &format!("{} {label}: {title}", emoji(alert.severity)),
+        &format!("{} {label}: {title}", emoji(alert)),
         TEXT_CHARS,
         escape,
     );
@@ -242,13 +254,18 @@ pub fn payload(alert: &Alert, channel: Option<&str>, template: Option<&Template>
             if !alert.summary.trim().is_empty() {
                 blocks.push(section(fit_chars(&alert.summary, SECTION_CHARS, escape)));
             }
+            // A digest's body is not its members' (its list follows); a recovery's is noise.
             let excerpt = present::excerpt(alert);
-            if !excerpt.is_empty() {
+            if !excerpt.is_empty() && alert.digest.is_empty() && !alert.resolve {
                 // "```\n" + "\n```" take 8 of the section's characters.
                 let inner = fit_chars(&excerpt, SECTION_CHARS - 8, escape);
                 blocks.push(section(format!("```\n{inner}\n```")));
             }
         }
+    }
+    let (members, _) = present::digest_lines(alert, usize::MAX, SECTION_CHARS, escape);
+    if !members.is_empty() {
+        blocks.push(section(members.join("\n")));
     }
     let mut message = json!({
         "text": text,

@@ -16,6 +16,15 @@
 //! TLS, and 20429/429 "request not processed" \[TW-20429\]) is retried freely. The memory is per
 //! process (a crash resends at most once more, as G3 allows) and bounded.
 //!
+//! # Dispatch's notifications
+//!
+//! A digest is one SMS per recipient, dispatch's title and summary: the count and the first
+//! few hosts ("WARNING: 12 problems: cron …" then "web01, web02, … (12 hosts)"), the title
+//! cut to half the budget so the hosts always show. A reminder is an ordinary SMS (dispatch
+//! puts the repeats into the summary). A recovery reads "RESOLVED: …", but is sent only
+//! when the table says `notify_resolved = true` ([`Sink::notify_resolved`]; by default SMS
+//! stays quiet about recoveries, so dispatch does not queue them).
+//!
 //! Guarantees: the body is at most `max_chars` units (default 320, Twilio's recommendation
 //! \[TW-SEG\]; at most 1,600 \[TW-OAI\]) in the encoding it will be sent in (see [`crate::sms`]);
 //! the auth token / API key secret travels only in the `Authorization` header and never in an
@@ -96,6 +105,10 @@ pub struct Config {
     /// page is never delivered.
     #[serde(default, deserialize_with = "deserialize_optional_duration")]
     pub validity_period: Option<Duration>,
+    /// Also send recoveries (alerts with `resolve` set) by SMS; default `false`: a page at
+    /// night that says all is well again is rarely worth it.
+    #[serde(default)]
+    pub notify_resolved: bool,
     /// A minijinja template replacing the SMS text (see [`crate::template`]).
     #[serde(default)]
     pub template: Option<Template>,
@@ -316,8 +329,10 @@ impl Config {
     }
 }
 
-/// The SMS text for `alert`: severity and title, host (when the title lacks it), summary —
-/// or the template's output — normalized for `encoding` and cut to `max_units`.
+/// The SMS text for `alert`: severity (or `RESOLVED`) and title, host (when the title lacks
+/// it), summary — or the template's output — normalized for `encoding` and cut to
+/// `max_units`. A digest's title takes at most half the budget, so that its summary (the
+/// hosts) still shows.
 pub fn text(
     alert: &Alert,
     max_units: usize,
@@ -330,7 +345,12 @@ pub fn text(
     let raw = match rendered {
         Some(text) => text.trim().to_owned(),
         None => {
-            let title = one_line(&alert.title, usize::MAX);
+            let title_chars = if alert.digest.is_empty() {
+                usize::MAX
+            } else {
+                max_units / 2
+            };
+            let title = one_line(&alert.title, title_chars);
             let mut lines = vec![format!("{}: {title}", present::severity_label(alert))];
             if let Some(host) = &alert.host {
                 if !title.contains(host.as_str()) {
@@ -589,6 +609,10 @@ impl Sink for Twilio {
         self.config.to.clone()
     }
 
+    fn notify_resolved(&self) -> bool {
+        self.config.notify_resolved
+    }
+
     fn deliver_to<'a>(&'a self, alert: &'a Alert, target: &'a str) -> DeliverFuture<'a> {
         Box::pin(async move {
             if !self.config.to.iter().any(|to| to == target) {
@@ -618,6 +642,7 @@ mod tests {
             max_chars: DEFAULT_MAX_CHARS,
             encoding: Encoding::Auto,
             validity_period: None,
+            notify_resolved: false,
             template: None,
             timeout: default_timeout(),
             rate_limit: None,

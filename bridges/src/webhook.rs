@@ -1,6 +1,13 @@
 //! The webhook sink: POSTs the alert as JSON — the same fields as `herald classify --json` —
 //! to a URL. The URL is treated as a secret (it often embeds a token) and never logged.
 //!
+//! Dispatch's notifications need nothing of their own here: they are alerts, so the body
+//! carries their fields as they are — `group_key`, `repeats` on a reminder, `resolve: true`
+//! on a recovery, and on a digest `digest` (the member problems, in one body) and
+//! `digest_more`. The sink sets no size limit of its own (the body is the alert, intact, for
+//! receivers that verify it); a digest stays small because dispatch lists at most
+//! [`Alert::DIGEST_MAX_MEMBERS`] members and members carry no mail body.
+//!
 //! # Signature
 //!
 //! With `secret` set, every request carries Standard Webhooks headers \[SW\]

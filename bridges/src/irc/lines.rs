@@ -4,6 +4,14 @@
 //! Layout: a header line (herald's bold, optionally coloured severity, then the title), the
 //! summary, then the body's non-blank lines; each line wrapped to the byte budget.
 //!
+//! Dispatch's notifications (see [`crate::present`]), within the same `max_lines` (so flood
+//! control paces them like any alert):
+//! - A digest is the header line with dispatch's title ("12 problems: …"), then one line per
+//!   member (host, command, `×count`, first–last time) and, when not all fit, a last line
+//!   "… and N more". Each line is cut (marked `…`), never wrapped: one member, one line.
+//! - A recovery is one line: a bold (green with `colour`) `[RESOLVED]` and the title.
+//! - A reminder is an ordinary alert (dispatch puts the repeats into the summary).
+//!
 //! Guarantees:
 //! - Mail content reaches IRC only through [`strip`]: mIRC formatting codes are removed and
 //!   every control character (CR, LF and NUL included, so no command can be injected, and
@@ -14,9 +22,12 @@
 //!   \[RFC2812\] §2.3), is cut only between UTF-8 characters, and is never empty (an empty
 //!   text gets 412 ERR_NOTEXTTOSEND \[MIRC-NUM\]).
 //! - At most `max_lines` texts per alert; when more would be needed, the last one says
-//!   "… N more lines".
+//!   "… N more lines" (for a digest, "… and N more" problems).
+//! - A digest member's fields are flattened by [`crate::text::one_line`], which removes every
+//!   control character (mIRC codes included, leaving only their harmless digits as text).
 
-use crate::{Alert, Severity};
+use crate::text::{fit, no_escape, ELLIPSIS};
+use crate::{present, Alert, Severity};
 
 /// A line as relayed, without CR LF: 512 − 2 \[RFC2812\] §2.3.
 pub const RELAYED_LINE_BYTES: usize = 510;
@@ -133,14 +144,16 @@ pub fn strip(text: &str) -> String {
     out
 }
 
-/// Bold (`\x02`) severity, optionally coloured with two-digit codes (so a following digit is
-/// never read as part of the colour \[MIRC-FMT\]): red, orange, light blue.
-fn severity_tag(severity: Severity, colour: bool) -> String {
-    let label = format!("[{}]", severity.as_str().to_uppercase());
+/// Bold (`\x02`) severity (or `RESOLVED`), optionally coloured with two-digit codes (so a
+/// following digit is never read as part of the colour \[MIRC-FMT\]): red, orange, light
+/// blue; green for a recovery.
+fn severity_tag(alert: &Alert, colour: bool) -> String {
+    let label = format!("[{}]", present::severity_label(alert));
     if !colour {
         return format!("\x02{label}\x02");
     }
-    let code = match severity {
+    let code = match alert.severity {
+        _ if alert.resolve => "03",
         Severity::Critical => "04",
         Severity::Warning => "07",
         Severity::Info => "12",
@@ -186,10 +199,18 @@ pub fn render(alert: &Alert, style: Style, budget: usize) -> Vec<String> {
     } else {
         title
     };
-    let mut logical = vec![format!(
-        "{} {title}",
-        severity_tag(alert.severity, style.colour)
-    )];
+    let header = format!("{} {title}", severity_tag(alert, style.colour));
+    let max = style.max_lines.max(2);
+    if alert.resolve {
+        return vec![cut(&header, budget)];
+    }
+    if !alert.digest.is_empty() {
+        let (members, _) = present::digest_lines(alert, max - 1, usize::MAX, no_escape);
+        let mut texts = vec![cut(&header, budget)];
+        texts.extend(members.iter().map(|line| cut(line, budget)));
+        return texts;
+    }
+    let mut logical = vec![header];
     let summary = strip(&alert.summary);
     if !summary.is_empty() && summary != title {
         logical.push(summary.clone());
@@ -213,7 +234,6 @@ pub fn render(alert: &Alert, style: Style, budget: usize) -> Vec<String> {
         .flat_map(|line| wrap(line, budget))
         .filter(|text| !text.is_empty())
         .collect();
-    let max = style.max_lines.max(2);
     if texts.len() > max {
         let more = texts.len() - (max - 1);
         texts.truncate(max - 1);
@@ -222,6 +242,19 @@ pub fn render(alert: &Alert, style: Style, budget: usize) -> Vec<String> {
         texts.push(marker);
     }
     texts
+}
+
+/// `text` cut to `budget` bytes, between characters, marked with `…` when cut.
+fn cut(text: &str, budget: usize) -> String {
+    let mut marker = [0u8; 4];
+    // As `wrap`: a character is at most 4 bytes, so a text always says something.
+    fit(
+        text,
+        budget.max(4),
+        ELLIPSIS.encode_utf8(&mut marker),
+        no_escape,
+        char::len_utf8,
+    )
 }
 
 #[cfg(test)]

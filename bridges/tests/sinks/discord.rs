@@ -3,6 +3,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::fakes;
+use super::limits;
 use super::server::{refused_addr, Reply, Server};
 use super::*;
 
@@ -193,5 +194,106 @@ fn bad_configs_are_refused() {
     }
     assert!(
         SinkConfig::deserialize_typed("discord", json!({"webhook_url": "x", "colour": 1})).is_err()
+    );
+}
+
+/// The member lines of a digest's description: what follows the summary.
+fn member_lines(body: &serde_json::Value) -> Vec<String> {
+    let description = body["embeds"][0]["description"].as_str().unwrap();
+    let (summary, list) = description.split_once("\n\n").unwrap();
+    assert!(!summary.is_empty());
+    list.lines().map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn digest_lists_every_member() {
+    let (server, config) = discord(vec![], json!({})).await;
+    let alert = digest_alert(12, 0);
+    assert_eq!(build(&config).deliver(&alert).await, Outcome::Delivered);
+    let body = server.requests()[0].json();
+    assert_eq!(body, config.render(&alert));
+    let embed = &body["embeds"][0];
+    assert_eq!(
+        embed["title"],
+        "WARNING: 12 problems: cron /usr/local/bin/backup.sh"
+    );
+    let description = embed["description"].as_str().unwrap();
+    assert!(description.starts_with("web01, web02, web03, … (12 hosts)\n\n"));
+    let expected: Vec<String> = (1..=12).map(member_line).collect();
+    assert_eq!(member_lines(&body), expected);
+}
+
+#[tokio::test]
+async fn a_long_digest_names_what_fits_and_counts_the_rest() {
+    let (server, config) = discord(vec![], json!({})).await;
+    // 50 lines of 62 characters fit the description's 4096: only the unlisted are counted.
+    let alert = digest_alert(50, 150);
+    assert_eq!(build(&config).deliver(&alert).await, Outcome::Delivered);
+    let lines = member_lines(&server.requests()[0].json());
+    assert_eq!(lines.len(), 51);
+    assert_eq!(lines[49], member_line(50));
+    assert_eq!(more_count(&lines[50]).unwrap(), 150);
+}
+
+#[tokio::test]
+async fn hostile_digest_cannot_ping_and_fits() {
+    let (server, config) = discord(vec![], json!({"username": "herald"})).await;
+    let alert = hostile_digest();
+    assert_eq!(build(&config).deliver(&alert).await, Outcome::Delivered);
+    let body = server.requests()[0].json();
+    limits::discord(&body).unwrap();
+    let lines = member_lines(&body);
+    let listed = lines.len() as u64 - 1;
+    assert!(listed >= 10, "{lines:?}");
+    assert_eq!(listed + more_count(lines.last().unwrap()).unwrap(), 250);
+    assert_eq!(
+        body.to_string().matches("```").count(),
+        0,
+        "no fence formed"
+    );
+}
+
+#[tokio::test]
+async fn a_template_still_lists_a_digests_members() {
+    let (server, config) = discord(vec![], json!({"template": "**{{ title }}**"})).await;
+    let alert = digest_alert(3, 0);
+    assert_eq!(build(&config).deliver(&alert).await, Outcome::Delivered);
+    let body = server.requests()[0].json();
+    assert_eq!(
+        body["embeds"][0]["description"],
+        format!(
+            "**3 problems: cron /usr/local/bin/backup.sh**\n\n{}",
+            [1, 2, 3].map(member_line).join("\n")
+        )
+    );
+}
+
+#[tokio::test]
+async fn recovery_is_green_and_resolved() {
+    let (server, config) = discord(vec![], json!({})).await;
+    let alert = recovery_alert();
+    assert_eq!(build(&config).deliver(&alert).await, Outcome::Delivered);
+    let body = server.requests()[0].json();
+    assert_eq!(body, config.render(&alert));
+    let embed = &body["embeds"][0];
+    assert_eq!(
+        embed["title"],
+        "RESOLVED: cron on web01.example.net: /usr/local/bin/backup.sh succeeded"
+    );
+    assert_eq!(embed["color"], herald_bridges::discord::COLOR_RESOLVED);
+    assert_eq!(embed["description"], "backup.sh: done", "no excerpt");
+}
+
+#[test]
+fn reminder_shows_its_repeats() {
+    let config = config(
+        "discord",
+        json!({"webhook_url": "https://discord.com/api/v10/webhooks/1/t"}),
+    );
+    let body = config.render(&reminder_alert());
+    let fields = body["embeds"][0]["fields"].as_array().unwrap();
+    assert!(
+        fields.contains(&json!({"name": "Repeats", "value": "37 since 03:00", "inline": true})),
+        "{fields:?}"
     );
 }

@@ -468,6 +468,103 @@ async fn a_burst_of_20_arrives_in_order_without_a_disconnect() {
     );
 }
 
+#[tokio::test]
+async fn a_digest_and_a_recovery_arrive_as_documented() {
+    let (server, mut observer) = setup(NgircdOptions::default()).await;
+    let sink = irc_sink(&irc_config(server.port(), json!({"max_lines": 6})));
+    assert_eq!(
+        sink.deliver_to(&digest_alert(12, 0), CHANNEL).await,
+        Outcome::Delivered
+    );
+    assert_eq!(
+        sink.deliver_to(&recovery_alert(), CHANNEL).await,
+        Outcome::Delivered
+    );
+    let got = observer.messages("herald", CHANNEL, 7, WAIT).await.unwrap();
+    let mut expected =
+        vec!["\x02[WARNING]\x02 12 problems: cron /usr/local/bin/backup.sh".to_owned()];
+    expected.extend((1..=4).map(member_line));
+    expected.push("… and 8 more".into());
+    expected.push(
+        "\x02[RESOLVED]\x02 cron on web01.example.net: /usr/local/bin/backup.sh succeeded".into(),
+    );
+    assert_eq!(texts(&got), expected);
+}
+
+// ---- pure rendering: what `classify --render` shows is what is sent --------------------
+
+/// The `lines` of `config`'s render of `alert`.
+fn rendered(config: &SinkConfig, alert: &Alert) -> Vec<String> {
+    config.render(alert)["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_digest_lists_its_members_within_max_lines() {
+    let header = "\x02[WARNING]\x02 12 problems: cron /usr/local/bin/backup.sh";
+    let all = irc_config(6667, json!({"max_lines": 20}));
+    let mut expected = vec![header.to_owned()];
+    expected.extend((1..=12).map(member_line));
+    assert_eq!(rendered(&all, &digest_alert(12, 0)), expected);
+    // The default four lines: the header, two members and how many more.
+    let default = irc_config(6667, json!({}));
+    assert_eq!(
+        rendered(&default, &digest_alert(12, 0)),
+        [
+            header.to_owned(),
+            member_line(1),
+            member_line(2),
+            "… and 10 more".into()
+        ]
+    );
+}
+
+#[test]
+fn a_recovery_is_one_resolved_line() {
+    let mut alert = recovery_alert();
+    alert.body = "line 1\nline 2\nline 3\n".into();
+    let config = irc_config(6667, json!({"colour": true, "max_lines": 10}));
+    assert_eq!(
+        rendered(&config, &alert),
+        ["\x02\x0303[RESOLVED]\x0F cron on web01.example.net: /usr/local/bin/backup.sh succeeded"]
+    );
+}
+
+#[test]
+fn a_hostile_digest_fits_and_cannot_inject() {
+    let who = irc::lines::Identity {
+        nick: format!("herald{}", "_".repeat(irc::conn::NICK_SUFFIX_BYTES)),
+        user: None,
+        host: None,
+        userlen: Some(irc::lines::DEFAULT_USERLEN),
+    };
+    let budget = irc::lines::budget(&who, "PRIVMSG", CHANNEL);
+    for max_lines in [2, 4, 100] {
+        let config = irc_config(6667, json!({"max_lines": max_lines}));
+        let lines = rendered(&config, &hostile_digest());
+        assert_eq!(lines.len(), max_lines.min(52), "{lines:?}");
+        for (i, line) in lines.iter().enumerate() {
+            assert!(
+                !line.is_empty() && line.len() <= budget,
+                "{} > {budget}",
+                line.len()
+            );
+            let ours = |c: char| i == 0 && c == '\x02';
+            assert!(
+                !line.chars().any(|c| c.is_control() && !ours(c)),
+                "{line:?}"
+            );
+        }
+        let last = lines.last().unwrap();
+        let more = more_count(last).unwrap();
+        assert_eq!(lines.len() as u64 - 2 + more, 250, "{last}");
+    }
+}
+
 // ---- SASL against a scripted IRCv3 server -------------------------------------------------
 
 /// What the scripted server saw, and how it answered.

@@ -1,8 +1,12 @@
 //! G5: for arbitrary Unicode, every rendered payload is within its API's limits, is valid
-//! JSON/UTF-8, and keeps the start of the title.
+//! JSON/UTF-8, and keeps the start of the title; for arbitrary digests (up to the 50 members
+//! dispatch lists, of arbitrary text), every payload still fits and accounts for every
+//! problem, listed or counted.
 
 use herald_bridges::sms::{self, Encoding};
-use herald_bridges::{discord, pagerduty, slack, twilio, Alert, Kind, Severity};
+use herald_bridges::{
+    discord, irc, pagerduty, present, slack, twilio, Alert, Kind, Member, Severity,
+};
 use proptest::prelude::*;
 
 use super::limits;
@@ -45,6 +49,66 @@ fn alert() -> impl Strategy<Value = Alert> {
         )
 }
 
+fn member() -> impl Strategy<Value = Member> {
+    (
+        text(1000),
+        proptest::option::of(text(300)),
+        proptest::option::of(text(300)),
+        any::<u64>(),
+        (text(30), text(30)),
+    )
+        .prop_map(|(title, host, command, count, (first, last))| Member {
+            kind: Kind::Other,
+            host,
+            user: None,
+            command,
+            failed: Some(true),
+            severity: Severity::Warning,
+            summary: title.clone(),
+            title,
+            dedup_key: String::new(),
+            count,
+            first,
+            last,
+            reminder: count % 2 == 0,
+        })
+}
+
+/// A digest: an arbitrary alert (a recovery now and then) with 2 to 50 arbitrary members and
+/// an arbitrary number more, under an arbitrary group key.
+fn digest() -> impl Strategy<Value = Alert> {
+    (
+        alert(),
+        proptest::collection::vec(member(), 2..=Alert::DIGEST_MAX_MEMBERS),
+        prop_oneof![Just(0u64), any::<u64>()],
+        proptest::option::of(text(400)),
+    )
+        .prop_map(|(mut alert, members, more, group_key)| {
+            alert.digest = members;
+            alert.digest_more = more;
+            alert.group_key = group_key;
+            alert
+        })
+}
+
+/// Every problem is listed or counted: the member lines plus the "more" number make the total
+/// (saturating, as an absurd `digest_more` may).
+fn accounted(lines: &[&str], alert: &Alert) -> Result<(), TestCaseError> {
+    let more = lines.last().and_then(|l| super::more_count(l)).unwrap_or(0);
+    let listed = lines.len() as u64 - u64::from(more > 0);
+    prop_assert_eq!(
+        listed.saturating_add(more),
+        present::problems(alert),
+        "{:?}",
+        lines
+    );
+    Ok(())
+}
+
+fn label(alert: &Alert) -> String {
+    present::severity_label(alert)
+}
+
 fn prefix(alert: &Alert) -> String {
     alert
         .title
@@ -69,7 +133,7 @@ proptest! {
             roundtrip(&p);
             limits::slack(&p).map_err(TestCaseError::fail)?;
             let header = p["blocks"][0]["text"]["text"].as_str().unwrap();
-            let expected = format!("{}: {}", alert.severity.as_str().to_uppercase(), prefix(&alert));
+            let expected = format!("{}: {}", label(&alert), prefix(&alert));
             prop_assert!(header.starts_with(&expected), "{header}");
         }
     }
@@ -105,7 +169,82 @@ proptest! {
         if gsm {
             prop_assert!(body.chars().all(sms::is_gsm));
         }
-        let expected = format!("{}: {}", alert.severity.as_str().to_uppercase(), prefix(&alert));
+        // As much of the title's start as the budget holds after "CRITICAL: " and a cut's
+        // "..." (a 30-character prefix does not fit in 40 units beside them).
+        let keep: String = prefix(&alert).chars().take(max - 13).collect();
+        let expected = format!("{}: {keep}", label(&alert));
         prop_assert!(body.starts_with(&expected), "{}", body);
+    }
+}
+
+proptest! {
+    // Each case builds up to 50 members of up to 1,000 characters: fewer cases, same reach.
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn slack_digest_fits_and_accounts(alert in digest()) {
+        let p = slack::payload(&alert, None, None);
+        roundtrip(&p);
+        limits::slack(&p).map_err(TestCaseError::fail)?;
+        let blocks = p["blocks"].as_array().unwrap();
+        let list = blocks.last().unwrap()["text"]["text"].as_str().unwrap();
+        accounted(&list.lines().collect::<Vec<_>>(), &alert)?;
+    }
+
+    #[test]
+    fn discord_digest_fits_and_accounts(alert in digest()) {
+        let p = discord::payload(&alert, None, None);
+        roundtrip(&p);
+        limits::discord(&p).map_err(TestCaseError::fail)?;
+        let description = p["embeds"][0]["description"].as_str().unwrap_or("");
+        // The member lines follow the summary's blank line (a summary may have none).
+        let list = description.rsplit_once("\n\n").map_or(description, |(_, list)| list);
+        accounted(&list.lines().collect::<Vec<_>>(), &alert)?;
+    }
+
+    #[test]
+    fn pagerduty_digest_fits_and_accounts(alert in digest()) {
+        let p = pagerduty::payload(&alert, "key", None);
+        roundtrip(&p);
+        limits::pagerduty(&p).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(p["dedup_key"].clone(), serde_json::json!(pagerduty::dedup_key(&alert)));
+        if !alert.resolve {
+            let details = &p["payload"]["custom_details"];
+            let listed = details["members"].as_array().unwrap().len() as u64;
+            let more = details["more"].as_u64().unwrap_or(0);
+            prop_assert_eq!(listed.saturating_add(more), present::problems(&alert));
+            let summary = p["payload"]["summary"].as_str().unwrap();
+            let count = present::problems(&alert).to_string();
+            prop_assert!(summary.starts_with(&count), "{}", summary);
+        }
+    }
+
+    #[test]
+    fn sms_digest_fits(alert in digest(), max in 40usize..=1600) {
+        let body = twilio::text(&alert, max, Encoding::Auto, None);
+        prop_assert!(sms::units(&body) <= max, "{} > {max}", sms::units(&body));
+        prop_assert!(!body.chars().any(|c| c.is_control() && c != '\n'));
+        // A digest's title is cut to half the budget, its marker included.
+        let keep: String = prefix(&alert).chars().take(max / 2 - 1).collect();
+        let expected = format!("{}: {keep}", label(&alert));
+        prop_assert!(body.starts_with(&expected), "{}", body);
+    }
+
+    #[test]
+    fn irc_digest_fits_and_accounts(alert in digest(), budget in 40usize..450, max_lines in 2usize..60) {
+        let style = irc::lines::Style { notice: false, colour: true, max_lines };
+        let texts = irc::lines::render(&alert, style, budget);
+        prop_assert!(!texts.is_empty() && texts.len() <= max_lines);
+        for (i, text) in texts.iter().enumerate() {
+            prop_assert!(!text.is_empty() && text.len() <= budget, "{} > {budget}", text.len());
+            let ours = |c: char| i == 0 && matches!(c, '\x02' | '\x03' | '\x0F');
+            prop_assert!(!text.chars().any(|c| c.is_control() && !ours(c)), "{text:?}");
+        }
+        if alert.resolve {
+            prop_assert_eq!(texts.len(), 1);
+        } else {
+            let members: Vec<&str> = texts.iter().skip(1).map(String::as_str).collect();
+            accounted(&members, &alert)?;
+        }
     }
 }

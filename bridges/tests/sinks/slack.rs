@@ -3,6 +3,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::fakes;
+use super::limits;
 use super::server::{refused_addr, Reply, Server};
 use super::*;
 
@@ -240,4 +241,102 @@ mod bot {
         );
         assert_eq!(body["blocks"].as_array().unwrap().len(), 3);
     }
+}
+
+/// The last block's text: where a digest's member list goes.
+fn last_section(body: &serde_json::Value) -> String {
+    let blocks = body["blocks"].as_array().unwrap();
+    blocks.last().unwrap()["text"]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn digest_lists_every_member() {
+    let (server, config) = webhook_server(vec![]).await;
+    let alert = digest_alert(12, 0);
+    assert_eq!(build(&config).deliver(&alert).await, Outcome::Delivered);
+    let body = server.requests()[0].json();
+    assert_eq!(
+        body,
+        config.render(&alert),
+        "render is exactly what is sent"
+    );
+    assert_eq!(
+        body["blocks"][0]["text"]["text"],
+        "WARNING: 12 problems: cron /usr/local/bin/backup.sh"
+    );
+    assert_eq!(
+        body["blocks"][2]["text"]["text"],
+        "web01, web02, web03, … (12 hosts)"
+    );
+    let expected: Vec<String> = (1..=12).map(member_line).collect();
+    assert_eq!(last_section(&body), expected.join("\n"));
+}
+
+#[tokio::test]
+async fn a_long_digest_names_what_fits_and_counts_the_rest() {
+    let (server, config) = webhook_server(vec![]).await;
+    let alert = digest_alert(50, 150);
+    assert_eq!(build(&config).deliver(&alert).await, Outcome::Delivered);
+    let list = last_section(&server.requests()[0].json());
+    let lines: Vec<&str> = list.lines().collect();
+    let listed = lines.len() - 1;
+    assert!(
+        listed > 10 && listed < 50,
+        "{listed} of 50 in 3000 characters"
+    );
+    for (i, line) in lines[..listed].iter().enumerate() {
+        assert_eq!(*line, member_line(i + 1));
+    }
+    assert_eq!(more_count(lines[listed]).unwrap(), 200 - listed as u64);
+}
+
+#[tokio::test]
+async fn hostile_digest_is_escaped_and_within_limits() {
+    let (server, config) = webhook_server(vec![]).await;
+    let alert = hostile_digest();
+    let outcome = build(&config).deliver(&alert).await;
+    assert_eq!(outcome, Outcome::Delivered, "the fake checks every limit");
+    let body = server.requests()[0].json();
+    limits::slack(&body).unwrap();
+    let list = last_section(&body);
+    assert!(list.contains("&lt;!channel&gt;") && !list.contains("<!channel>"));
+    let lines: Vec<&str> = list.lines().collect();
+    let listed = lines.len() as u64 - 1;
+    assert!(listed >= 10, "{list}");
+    assert_eq!(listed + more_count(lines.last().unwrap()).unwrap(), 250);
+    assert_eq!(
+        body.to_string().matches("```").count(),
+        0,
+        "no fence formed"
+    );
+}
+
+#[tokio::test]
+async fn recovery_is_a_resolved_message() {
+    let (server, config) = webhook_server(vec![]).await;
+    let alert = recovery_alert();
+    assert_eq!(build(&config).deliver(&alert).await, Outcome::Delivered);
+    let body = server.requests()[0].json();
+    assert_eq!(body, config.render(&alert));
+    let title = "cron on web01.example.net: /usr/local/bin/backup.sh succeeded";
+    assert_eq!(
+        body["text"],
+        format!(":white_check_mark: RESOLVED: {title}")
+    );
+    assert_eq!(
+        body["blocks"][0]["text"]["text"],
+        format!("RESOLVED: {title}")
+    );
+    assert!(!body.to_string().contains("```"), "no excerpt: {body}");
+}
+
+#[test]
+fn reminder_shows_its_repeats() {
+    let config = webhook("https://hooks.slack.com/services/T0/B0/x".into(), "off");
+    let body = config.render(&reminder_alert());
+    let fields = body["blocks"][1]["fields"].to_string();
+    assert!(fields.contains("*Repeats*\\n37 since 03:00"), "{fields}");
 }

@@ -263,3 +263,59 @@ async fn template_replaces_the_text() {
         "WARNING web01.example.net: backup.sh: error: cannot stat /srv/data: No such file or directory"
     );
 }
+
+#[tokio::test]
+async fn recoveries_are_sent_only_when_the_table_says_so() {
+    let (server, quiet) = twilio(vec![], &[ALICE]).await;
+    assert!(!build(&quiet).notify_resolved(), "default: quiet");
+    let mut t = table(server.url(""), &[ALICE]);
+    t["notify_resolved"] = json!(true);
+    let sink = build(&config("twilio", t));
+    assert!(sink.notify_resolved());
+    // When asked to, it sends a recovery that reads as one.
+    assert_eq!(
+        sink.deliver_to(&recovery_alert(), ALICE).await,
+        Outcome::Delivered
+    );
+    let sent = form(&server.requests()[0]);
+    assert_eq!(
+        sent.iter().find(|(k, _)| k == "Body").unwrap().1,
+        "RESOLVED: cron on web01.example.net: /usr/local/bin/backup.sh succeeded\n\
+         backup.sh: done"
+    );
+    let mut t = table(server.url(""), &[ALICE]);
+    t["notify_resolved"] = json!("yes");
+    assert!(
+        SinkConfig::deserialize_typed("twilio", t).is_err(),
+        "a bool"
+    );
+}
+
+#[test]
+fn a_digest_is_one_sms_with_the_count_and_hosts() {
+    let sms_config = config("twilio", table("https://api.twilio.com".into(), &[ALICE]));
+    let rendered = sms_config.render(&digest_alert(12, 0));
+    assert_eq!(
+        rendered[0]["Body"],
+        "WARNING: 12 problems: cron /usr/local/bin/backup.sh\nweb01, web02, web03, ... (12 hosts)"
+    );
+    // However long the title, the hosts still show.
+    let mut alert = digest_alert(12, 0);
+    alert.title = format!("12 problems: cron {}", "/very/long/path".repeat(100));
+    let rendered = sms_config.render(&alert);
+    let body = rendered[0]["Body"].as_str().unwrap();
+    assert!(sms::units(body) <= 320, "{body}");
+    assert!(
+        body.starts_with("WARNING: 12 problems: cron /very/long/path"),
+        "{body}"
+    );
+    assert!(
+        body.ends_with("\nweb01, web02, web03, ... (12 hosts)"),
+        "{body}"
+    );
+    // The hostile worst case stays within the budget too.
+    let rendered = sms_config.render(&hostile_digest());
+    let body = rendered[0]["Body"].as_str().unwrap();
+    assert!(sms::units(body) <= 320, "{body}");
+    assert!(body.contains("(250 hosts)"), "{body}");
+}

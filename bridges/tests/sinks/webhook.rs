@@ -97,3 +97,33 @@ async fn connection_refused_is_retried() {
     let config = config("webhook", json!({"url": format!("http://{addr}/hook")}));
     assert!(is_retry(&build(&config).deliver(&Alert::sample()).await));
 }
+
+#[tokio::test]
+async fn a_digest_is_one_body_with_its_members() {
+    let (server, config) = webhook(vec![]).await;
+    let sink = build(&config);
+    for alert in [digest_alert(12, 3), hostile_digest()] {
+        assert_eq!(sink.deliver(&alert).await, Outcome::Delivered);
+    }
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2, "one request per digest");
+    for (request, alert) in requests.iter().zip([digest_alert(12, 3), hostile_digest()]) {
+        let body = request.json();
+        assert_eq!(body, config.render(&alert));
+        let sent: Alert = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(sent, alert, "every member, intact");
+        assert_eq!(body["group_key"], GROUP_KEY);
+        assert_eq!(body["digest"].as_array().unwrap().len(), alert.digest.len());
+    }
+    let ordinary = requests[0].json();
+    assert_eq!(ordinary["digest_more"], 3);
+    assert_eq!(ordinary["digest"][11]["host"], "web12.example.net");
+    assert_eq!(ordinary["digest"][11]["count"], 3);
+    // The sink sets no limit of its own: dispatch bounds a digest to 50 members without
+    // bodies, so even the worst one is a fraction of a megabyte.
+    assert!(
+        requests[1].body.len() < 1_000_000,
+        "{}",
+        requests[1].body.len()
+    );
+}
