@@ -5,7 +5,8 @@
 //! `kill -9`) the first time it reaches point NAME. Unset, a point costs one load of a
 //! once-initialised value. The points: `after-fetch` (a message fetched, nothing stored),
 //! `after-commit` (alerts committed by ingest, nothing dispatched or marked on the server),
-//! `after-dispatch` (outbox rows committed, no worker woken), `before-flag` (about to
+//! `after-dispatch` (outbox rows committed, no worker woken), `after-timers` (a digest or
+//! reminder committed by dispatch's timers, not yet delivered), `before-flag` (about to
 //! mark messages processed), `after-send-before-mark` (a sink confirmed, the row not yet
 //! marked sent).
 

@@ -201,7 +201,11 @@ impl<'a> Pass<'a> {
         // elsewhere now: its group's timers and digests stay whole.
         let policy = self.policies.of(group_rule(&problem.group_id));
         problem.last_at = now;
-        problem.alert_id = id;
+        // A problem not yet notified keeps its first alert: that one's notification shows
+        // the repeats; once notified, a reminder shows the latest.
+        if problem.notified_at.is_some() {
+            problem.alert_id = id;
+        }
         problem.expire_at = now.saturating_add(ms(policy.resolve_after));
         problem.open |= opening;
         for sink in sinks {
@@ -229,9 +233,18 @@ impl<'a> Pass<'a> {
                 problem.pending = true;
             }
             None => {
-                // Still waiting for its first notification: it will say how many came.
+                // Still waiting for its first notification, which will say how many came.
                 problem.folded += 1;
                 problem.folded_since.get_or_insert(now);
+                let count = problem.folded;
+                self.decided.push((
+                    id,
+                    Fate::Folded {
+                        problem: key,
+                        count,
+                    },
+                ));
+                return;
             }
         }
         let group_key = self
@@ -443,14 +456,24 @@ impl<'a> Pass<'a> {
                 let mut alert = alert.clone();
                 alert.group_key = (key != alert.dedup_key).then(|| key.clone());
                 let severity = alert.severity;
-                if one.folded == 0 {
-                    // A first alert goes as it was stored; only a group key is added.
-                    let rewrite = alert.group_key.is_some().then_some(alert);
-                    let id = one.alert_id;
-                    (Payload::Stored { id, rewrite }, severity)
-                } else {
+                let id = one.alert_id;
+                if one.notified_at.is_some() {
                     remind(&mut alert, one, now);
                     (Payload::New(alert), severity)
+                } else if one.folded > 0 {
+                    // A first alert with repeats before it went out: it says how many.
+                    remind(&mut alert, one, now);
+                    (
+                        Payload::Stored {
+                            id,
+                            rewrite: Some(alert),
+                        },
+                        severity,
+                    )
+                } else {
+                    // A first alert goes as it was stored; only a group key is added.
+                    let rewrite = alert.group_key.is_some().then_some(alert);
+                    (Payload::Stored { id, rewrite }, severity)
                 }
             }),
             several => {

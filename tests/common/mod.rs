@@ -95,15 +95,22 @@ pub async fn start_herald(config: &Path) -> HeraldProcess {
 
 /// Spawns the herald binary with the test password in its environment and debug logs.
 pub fn spawn(args: &[&str]) -> HeraldProcess {
-    HeraldProcess::spawn(
-        Path::new(env!("CARGO_BIN_EXE_herald")),
-        args,
-        &[
-            ("TEST_IMAP_PASSWORD", herald_testkit::PASSWORD),
-            ("HERALD_LOG", "debug"),
-        ],
-    )
-    .expect("spawning herald")
+    spawn_env(args, &[])
+}
+
+/// `herald run -c config` with `envs` added to [`spawn`]'s environment.
+pub fn spawn_with(config: &Path, envs: &[(&str, &str)]) -> HeraldProcess {
+    spawn_env(&["run", "-c", config.to_str().expect("utf-8 path")], envs)
+}
+
+fn spawn_env(args: &[&str], envs: &[(&str, &str)]) -> HeraldProcess {
+    let mut all = vec![
+        ("TEST_IMAP_PASSWORD", herald_testkit::PASSWORD),
+        ("HERALD_LOG", "debug"),
+    ];
+    all.extend_from_slice(envs);
+    HeraldProcess::spawn(Path::new(env!("CARGO_BIN_EXE_herald")), args, &all)
+        .expect("spawning herald")
 }
 
 /// Waits until `check` holds for the flags of `uid` in INBOX.
