@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use herald::config::Config;
-use herald::dispatch::{Dispatcher, Fanout};
+use herald::dispatch::{Clock, Dispatcher, Fanout};
 use herald::metrics::Metrics;
 use herald::store::{self, Access, Batch, Fetched, MailboxId, Routed, Store};
 use herald_bridges::{Alert, Sink};
@@ -35,7 +35,7 @@ account_sid = "AC00000000000000000000000000000000"
 auth_token = "secret"
 from = "+15005550006"
 to = ["+15551230001", "+15551230002"]
-url = "http://127.0.0.1:9/"
+api_base = "http://127.0.0.1:9"
 
 [sinks.slack]
 type = "slack"
@@ -70,6 +70,7 @@ async fn rig(lifecycle: &str) -> Result<Rig> {
         config.policies.clone(),
         Arc::new(Notify::new()),
         Metrics::new(),
+        Clock::start(),
     );
     Ok(Rig {
         _dir: dir,
@@ -98,6 +99,7 @@ impl Rig {
                 }],
                 cursor: self.uid,
                 mark: false,
+                sightings: Vec::new(),
             })
             .await?;
         Ok(())

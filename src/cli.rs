@@ -72,6 +72,13 @@ enum Command {
         #[command(subcommand)]
         action: SilenceAction,
     },
+    /// Show the expectations (`[[expect]]`): when each was last seen, when it is due.
+    Expect {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: ExpectAction,
+    },
     /// The recent alerts and what became of each: sent, grouped, folded, silenced, dropped.
     Alerts {
         #[command(flatten)]
@@ -85,6 +92,16 @@ enum Command {
     },
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum ExpectAction {
+    /// Each expectation: timing, last seen, next deadline, state.
+    List {
+        /// One JSON object per expectation (JSON Lines).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -203,6 +220,10 @@ pub fn main() -> ExitCode {
             };
             load(&config).map(|config| silence(&config, action))
         }
+        Command::Expect {
+            config,
+            action: ExpectAction::List { json },
+        } => load(&config).map(|config| expect_list(&config, json)),
         Command::Alerts {
             config,
             since,
@@ -310,7 +331,7 @@ struct Output {
 fn classify(config: Option<&Config>, output: Output, files: &[PathBuf]) -> Result<()> {
     let router = config.map_or_else(
         || Router::new(Vec::new(), Vec::new()),
-        |c| Router::new(c.rules.clone(), c.default_sinks.clone()),
+        |c| Router::new(c.rules.clone(), c.default_sinks.clone()).expecting(c.expectations.clone()),
     );
     let policies = config.map(|c| c.policies.clone()).unwrap_or_default();
     // A file is judged as the first account would fetch it.
@@ -341,6 +362,10 @@ fn classify(config: Option<&Config>, output: Output, files: &[PathBuf]) -> Resul
                     let policy = policies.of(decision.alert.rule.as_deref());
                     fields.insert("group_key".into(), policy.group_key(&decision.alert).into());
                     fields.insert("lifecycle".into(), policy.describe().into());
+                    fields.insert("expects".into(), json!(decision.expected));
+                    if let Some(problem) = resolves(&decision) {
+                        fields.insert("resolves".into(), problem.into());
+                    }
                 }
             }
             if let (true, Value::Object(fields), Some(config)) =
@@ -360,6 +385,16 @@ fn classify(config: Option<&Config>, output: Output, files: &[PathBuf]) -> Resul
                     herald_bridges::text::one_line(&policy.group_key(&decision.alert), 200),
                     policy.describe()
                 )?;
+                for name in &decision.expected {
+                    writeln!(out, "    feeds expectation {name}")?;
+                }
+                if let Some(problem) = resolves(&decision) {
+                    writeln!(
+                        out,
+                        "    a recovery: resolves the open problem {}, if there is one",
+                        herald_bridges::text::one_line(&problem, 200)
+                    )?;
+                }
             }
         }
     }
@@ -367,6 +402,13 @@ fn classify(config: Option<&Config>, output: Output, files: &[PathBuf]) -> Resul
         anyhow::bail!("{failures} file(s) could not be read");
     }
     Ok(())
+}
+
+/// The problem a recovery resolves (if it is open): its `dedup_key`.
+fn resolves(decision: &Decision) -> Option<String> {
+    let alert = &decision.alert;
+    (!decision.dropped && (alert.resolve || alert.failed == Some(false)))
+        .then(|| alert.dedup_key.clone())
 }
 
 /// What each target sink would send for `decision`: exactly the payload, never a secret.
@@ -441,6 +483,74 @@ fn outbox(config: &Config, action: &OutboxAction) -> Result<()> {
                 Ok(())
             }
         }
+    })
+}
+
+fn expect_list(config: &Config, json: bool) -> Result<()> {
+    runtime()?.block_on(async {
+        let store = store::open(config.state.path.clone(), Access::ReadOnly).await?;
+        let stored = store.expected().await?;
+        let time = |at: Option<i64>| {
+            at.and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|t| {
+                    t.with_timezone(&chrono::Local)
+                        .format("%Y-%m-%d %H:%M")
+                        .to_string()
+                })
+                .unwrap_or_else(|| "-".into())
+        };
+        let mut out = std::io::stdout().lock();
+        if !json {
+            writeln!(
+                out,
+                "{:<24}  {:<28}  {:<16}  {:<16}  STATE",
+                "NAME", "TIMING", "LAST SEEN", "DUE BY"
+            )?;
+        }
+        for e in &config.expectations {
+            let state = stored.iter().find(|s| s.name == e.name);
+            let due = state.map(|s| e.deadline(s.expected_at));
+            let condition = match state {
+                None => "not started (herald has not run with it)".to_owned(),
+                Some(s) => match s.missing_since {
+                    Some(since) => format!("missing since {}", time(Some(since))),
+                    None => "ok".to_owned(),
+                },
+            };
+            if json {
+                let rfc = |at: Option<i64>| {
+                    at.and_then(chrono::DateTime::from_timestamp_millis)
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                };
+                writeln!(
+                    out,
+                    "{}",
+                    json!({
+                        "name": e.name,
+                        "timing": e.timing.describe(),
+                        "grace": humantime::format_duration(e.grace).to_string(),
+                        "last_seen": rfc(state.and_then(|s| s.last_seen)),
+                        "due": rfc(due),
+                        "missing_since": rfc(state.and_then(|s| s.missing_since)),
+                        "state": match state {
+                            None => "new",
+                            Some(s) if s.missing_since.is_some() => "missing",
+                            Some(_) => "ok",
+                        },
+                    })
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<24}  {:<28}  {:<16}  {:<16}  {condition}",
+                    herald_bridges::text::one_line(&e.name, 24),
+                    herald_bridges::text::one_line(&e.timing.describe(), 28),
+                    time(state.and_then(|s| s.last_seen)),
+                    time(due),
+                )?;
+            }
+        }
+        Ok(())
     })
 }
 

@@ -22,8 +22,9 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::deliver::{Shared, Worker};
-use crate::dispatch::{Dispatcher, Fanout};
+use crate::dispatch::{Clock, Dispatcher, Fanout};
 use crate::error::chain;
+use crate::expect::watch::Watcher;
 use crate::metrics::Metrics;
 use crate::route::Router;
 use crate::source::imap::Mailbox;
@@ -55,6 +56,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let fanout = Fanout::new(sinks.iter().map(|(name, sink)| (name.clone(), &**sink)));
     let dispatch_wake = Arc::new(Notify::new());
+    // One clock for dispatch's and the expectations' timers.
+    let clock = Clock::start();
     let delivery_stop = CancellationToken::new();
     let mut stages: JoinSet<(String, Result<()>)> = JoinSet::new();
     let all_sinks: Vec<Arc<dyn herald_bridges::Sink>> =
@@ -79,12 +82,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             config.policies.clone(),
             dispatch_wake.clone(),
             metrics.clone(),
+            clock,
         );
         let stop = delivery_stop.clone();
         stages.spawn(async move { ("dispatch".to_owned(), dispatcher.run(stop).await) });
     }
     spawn_pruning(store.clone(), delivery_stop.clone());
-    let router = Router::new(config.rules.clone(), config.default_sinks.clone());
+    let router = Router::new(config.rules.clone(), config.default_sinks.clone())
+        .expecting(config.expectations.clone());
+    {
+        let watcher = Watcher::new(store.clone(), router.clone(), dispatch_wake.clone(), clock);
+        let stop = delivery_stop.clone();
+        stages.spawn(async move { ("expectations".to_owned(), watcher.run(stop).await) });
+    }
     if let Some((listener, address)) = listener {
         // Ready while every session answers: a live session hears from the server at least
         // at every IDLE refresh, and a dead one is noticed within idle_keepalive + timeout.

@@ -27,6 +27,7 @@ pub mod daemon;
 mod deliver;
 pub mod dispatch;
 pub mod error;
+pub mod expect;
 pub mod history;
 pub mod metrics;
 pub mod route;

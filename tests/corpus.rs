@@ -100,7 +100,8 @@ fn golden_corpus() {
         files.len(),
         failures.join("\n  ")
     );
-    for kind in Kind::ALL {
+    // `missing` is herald's own (an expectation's alert), never a mail's.
+    for kind in Kind::ALL.into_iter().filter(|k| *k != Kind::Missing) {
         assert!(
             kinds_seen.contains(kind.as_str()),
             "no corpus message is classified as {kind}"

@@ -40,7 +40,7 @@ async fn a_0_1_state_is_migrated_in_place_with_nothing_lost() {
     assert!(error.to_string().contains("herald run"), "{error}");
 
     let store = store::open(path.clone(), Access::Daemon).await.unwrap();
-    assert_eq!(version(&path), 3);
+    assert_eq!(version(&path), 4);
     let warning_rows: i64 = rusqlite::Connection::open(&path)
         .unwrap()
         .query_row("SELECT count(*) FROM outbox WHERE priority = 1", [], |r| {

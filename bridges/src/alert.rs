@@ -27,11 +27,13 @@ pub enum Kind {
     Apcupsd,
     Bounce,
     Other,
+    /// herald's own: expected mail did not come (an `[[expect]]` deadline passed).
+    Missing,
 }
 
 impl Kind {
     /// Every kind, in the order of the spec; for tables and for validating rule matches.
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Cron,
         Kind::Sudo,
         Kind::Anacron,
@@ -46,6 +48,7 @@ impl Kind {
         Kind::Apcupsd,
         Kind::Bounce,
         Kind::Other,
+        Kind::Missing,
     ];
 
     /// The name used in JSON, in rules and in dedup keys.
@@ -65,6 +68,7 @@ impl Kind {
             Kind::Apcupsd => "apcupsd",
             Kind::Bounce => "bounce",
             Kind::Other => "other",
+            Kind::Missing => "missing",
         }
     }
 }

@@ -11,6 +11,16 @@
 //! Percent`, `TIMELEFT : 30.0 Minutes`, `UPSNAME  : ...`, `MODEL    : ...`).
 //! Default severity: critical on battery, warning for lost communication and battery
 //! replacement, info when power or communication returns.
+//!
+//! Those five are the only scripts apcupsd installs; apccontrol's other events (`mainsback`,
+//! `annoyme`, `failing`, `timeout`, `loadlimit`, `runlimit`, `doshutdown`, `emergency`,
+//! `remotedown`, ...) only `wall` a message. Recoveries: `offbattery` ends `onbattery` (key
+//! `apcupsd:HOST:UPS:power`) and `commok` ends `commfailure` (`apcupsd:HOST:UPS:comm`); the
+//! recovery is `failed = false` and resolves the open problem. `changeme` has no counterpart
+//! (nothing mails "battery replaced"), so its problem (`apcupsd:HOST:UPS:changeme`) closes
+//! after `resolve_after` or by a rule's `resolve = true`. UPS is the name in the subject
+//! (apccontrol's `$2`, the configured `UPSNAME`), else the body's `UPSNAME` line (3.14.10 and
+//! older put no name in the power subjects), so old and new scripts give one key.
 
 use std::sync::LazyLock;
 
@@ -20,8 +30,11 @@ use regex::Regex;
 use super::text::field;
 use super::{is_host_name, Finding, Message};
 
+/// The subject. The UPS name after `UPS` is optional: an unset name leaves `UPS Power Failure
+/// !!!` (blanks are collapsed when the subject is decoded), which must still be recognised and
+/// paired, by the body's `UPSNAME`.
 static SUBJECT: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^(\S+) (?:UPS (\S+) )?(Power Failure !!!|Power has returned|battery needs changing NOW|Communications with UPS (\S*) ?(lost|restored))")
+    Regex::new(r"^(\S+) (?:UPS (?:(\S+) )?)?(Power Failure !!!|Power has returned|battery needs changing NOW|Communications with UPS (\S*) ?(lost|restored))")
         .unwrap_or_else(|_| unreachable!())
 });
 
@@ -100,4 +113,21 @@ fn event_group(event: &str) -> &str {
 
 fn one_line_subject(subject: &str) -> String {
     herald_bridges::text::one_line(subject, super::MAX_LINE_CHARS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{classify, parse};
+
+    const ONBATTERY: &[u8] = include_bytes!("../../tests/corpus/apcupsd/onbattery.eml");
+
+    /// An unset UPS name leaves `UPS  Power Failure` (one blank once decoded); the body's
+    /// `UPSNAME` still gives the key that `offbattery` will have.
+    #[test]
+    fn unnamed_ups_is_paired_by_the_body() {
+        let raw = String::from_utf8_lossy(ONBATTERY).replace("UPS rack1-ups Power", "UPS  Power");
+        let alert = classify(&parse(raw.as_bytes(), false));
+        assert_eq!(alert.failed, Some(true));
+        assert_eq!(alert.dedup_key, "apcupsd:rack1:rack1-ups:power");
+    }
 }

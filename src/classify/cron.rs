@@ -19,6 +19,15 @@
 //!   body the job's output (on Debian usually run-parts', ending
 //!   `run-parts: /etc/cron.daily/x exited with return code N` on failure).
 //!
+//! Recoveries: cron (and anacron) mail only when a job prints something, so a job's success
+//! resolves its failure only if it prints something on success too. A run's mail, failed or
+//! not, has the key `cron:HOST:USER:COMMAND` (`anacron:HOST:JOB`): the subject's command
+//! without Debian's ` (failed)`, and for systemd-cron 2 the same SOURCE in `Failure:` and
+//! `Output:` subjects, so the success mail (`failed = false`, info) resolves the failure.
+//! systemd-cron 1 mails failures only (`job UNIT failed`), so those close after
+//! `resolve_after`. One mail covers one run of the command — for `run-parts` all its scripts
+//! — so the next run's mail says whether that run failed.
+//!
 //! Only a few, harmless `X-Cron-Env` variables become facts: a crontab's environment can hold
 //! secrets, and alerts must not carry them.
 

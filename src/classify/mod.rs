@@ -12,6 +12,32 @@
 //! unrecognised becomes kind `other` with its subject and first line, so nothing is dropped
 //! for being unknown. Every string an alert carries is bounded (see the `MAX_*` constants and
 //! [`one_line`]), because every byte of it may be hostile. Rules are applied later, by `route`.
+//!
+//! # Recoveries
+//!
+//! Dispatch keeps a *problem* per `dedup_key`: a failure opens it, and an alert with
+//! `failed = false` and the same key resolves it (PagerDuty resolves, chat posts "resolved").
+//! So where a program mails both the failure and its end, the parser gives both the same key
+//! and the recovery `failed = false` (severity info):
+//!
+//! | program | failure mail | recovery mail | shared key |
+//! |---|---|---|---|
+//! | apcupsd | `onbattery` (`… Power Failure !!!`) | `offbattery` (`… Power has returned...`) | `apcupsd:HOST:UPS:power` |
+//! | apcupsd | `commfailure` (`… Communications with UPS … lost`) | `commok` (`… restored`) | `apcupsd:HOST:UPS:comm` |
+//! | mdadm | `Fail`, `FailSpare`, `DegradedArray`, `DeviceDisappeared` | `RebuildFinished`, `SpareActive` with every member up in mdstat — sent only by a `PROGRAM` script in mdadm's format, never by mdadm | `mdadm:HOST:ARRAY` |
+//! | ZED | `ZFS device fault for pool POOL` (`FAULTED`, `DEGRADED`, `REMOVED`, `UNAVAIL`) | `resilver_finish`, or `scrub_finish` (healthy only with `ZED_NOTIFY_VERBOSE=1`), with the pool `ONLINE` and no known data errors | `zed:HOST:POOL` |
+//! | cron | a run whose output reports a failure, or Debian's `(failed)` | a run that prints something and reports none (cron mails only output) | `cron:HOST:USER:COMMAND` |
+//! | systemd-cron 2 | `[HOST] Failure: SOURCE` | `[HOST] Output: SOURCE` (only when the job printed something) | `cron:HOST:USER:COMMAND` |
+//! | anacron | a run with a failing script (`run-parts: … exited with return code N`) or failure words | a run with output and no failure | `anacron:HOST:JOB` |
+//! | systemd | `OnFailure=` status mail (`Active: failed`, `Result:` not `success`) | `OnSuccess=` status mail of the same unit | `systemd:HOST:UNIT` |
+//!
+//! The rest pair with nothing, and their problems close after `resolve_after` (24 h by
+//! default) or by a rule's `resolve = true`: smartd (it mails only warnings; when a condition
+//! clears it logs `warning condition reset` to syslog and mails nothing), apcupsd `changeme`,
+//! mdadm `SparesMissing`, ZED data, checksum and I/O errors, systemd-cron 1 (`job UNIT
+//! failed`, failures only), and cron jobs that print nothing when they succeed. A recovery
+//! must not resolve what it does not end, so informational mails keep keys of their own
+//! (mdadm `TestMessage`, smartd `EmailTest`, ZED `trim_finish`).
 
 mod apcupsd;
 mod apt;
@@ -486,6 +512,130 @@ mod tests {
             .headers
             .iter()
             .all(|(_, v)| v.chars().count() <= MAX_HEADER_CHARS));
+    }
+
+    /// A corpus message, classified.
+    fn corpus(path: &str, raw: &[u8]) -> Alert {
+        let alert = classify(&parse(raw, false));
+        assert_ne!(alert.kind, Kind::Other, "{path} not recognised");
+        alert
+    }
+
+    macro_rules! mail {
+        ($path:literal) => {
+            (
+                $path,
+                &include_bytes!(concat!("../../tests/corpus/", $path))[..],
+            )
+        };
+    }
+
+    /// Every failure/recovery pair of the table in the module docs: one key, and the recovery
+    /// resolves (failed = false, info).
+    #[test]
+    fn recoveries_share_the_failure_key() {
+        let pairs = [
+            (
+                mail!("apcupsd/onbattery.eml"),
+                mail!("apcupsd/offbattery.eml"),
+                "apcupsd:rack1:rack1-ups:power",
+            ),
+            (
+                mail!("apcupsd/onbattery.eml"),
+                mail!("apcupsd/offbattery-legacy.eml"),
+                "apcupsd:rack1:rack1-ups:power",
+            ),
+            (
+                mail!("apcupsd/commfailure.eml"),
+                mail!("apcupsd/commok.eml"),
+                "apcupsd:closet:closet-ups:comm",
+            ),
+            (
+                mail!("mdadm/degraded-array.eml"),
+                mail!("mdadm/rebuild-finished.eml"),
+                "mdadm:store1.example.net:/dev/md0",
+            ),
+            (
+                mail!("mdadm/fail.eml"),
+                mail!("mdadm/rebuild-finished.eml"),
+                "mdadm:store1.example.net:/dev/md0",
+            ),
+            (
+                mail!("mdadm/fail-spare-named-array.eml"),
+                mail!("mdadm/spare-active-named-array.eml"),
+                "mdadm:web01:/dev/md/web01:0",
+            ),
+            (
+                mail!("zed/statechange-device-removed.eml"),
+                mail!("zed/resilver-finish-clean.eml"),
+                "zed:nas2:tank",
+            ),
+            (
+                mail!("zed/statechange-device-removed.eml"),
+                mail!("zed/scrub-finish-clean.eml"),
+                "zed:nas2:tank",
+            ),
+            (
+                mail!("cron/debian-vixie-failure.eml"),
+                mail!("cron/debian-vixie-success.eml"),
+                "cron:web01.example.net:root:/usr/local/bin/backup.sh",
+            ),
+            (
+                mail!("cron/systemd-cron-v2-failure.eml"),
+                mail!("cron/systemd-cron-v2-output-after-failure.eml"),
+                "cron:web02:alice:/home/alice/bin/sync-photos --quiet",
+            ),
+            (
+                mail!("anacron/run-parts-failure.eml"),
+                mail!("anacron/run-parts-output-after-failure.eml"),
+                "anacron:laptop.example.net:cron.daily",
+            ),
+            (
+                mail!("systemd/arch-status-email-failed.eml"),
+                mail!("systemd/arch-status-email-success.eml"),
+                "systemd:arch1.example.net:borg-backup.service",
+            ),
+        ];
+        for ((fail_path, fail_raw), (ok_path, ok_raw), key) in pairs {
+            let failure = corpus(fail_path, fail_raw);
+            let recovery = corpus(ok_path, ok_raw);
+            assert_eq!(failure.failed, Some(true), "{fail_path}");
+            assert_eq!(failure.dedup_key, key, "{fail_path}");
+            assert_eq!(recovery.dedup_key, failure.dedup_key, "{ok_path}");
+            assert_eq!(recovery.failed, Some(false), "{ok_path}");
+            assert_eq!(recovery.severity, Severity::Info, "{ok_path}");
+        }
+    }
+
+    /// A finished scrub that still finds the pool degraded is the fault again, not its end.
+    #[test]
+    fn unclean_scrub_repeats_the_fault() {
+        let (fault_path, fault_raw) = mail!("zed/statechange-device-faulted.eml");
+        let (scrub_path, scrub_raw) = mail!("zed/scrub-finish-errors.eml");
+        let fault = corpus(fault_path, fault_raw);
+        let scrub = corpus(scrub_path, scrub_raw);
+        assert_eq!(fault.dedup_key, "zed:nas3:backup");
+        assert_eq!(scrub.dedup_key, fault.dedup_key);
+        assert_eq!(scrub.failed, Some(true));
+    }
+
+    /// Informational mails must not resolve the problems of their program.
+    #[test]
+    fn informational_mails_keep_their_own_keys() {
+        for ((path, raw), key) in [
+            (
+                mail!("mdadm/test-message.eml"),
+                "mdadm:store2.example.net:/dev/md1:TestMessage",
+            ),
+            (
+                mail!("smartd/email-test.eml"),
+                "smartd:nas1.example.net:/dev/sda:EmailTest",
+            ),
+        ] {
+            let alert = corpus(path, raw);
+            assert_eq!(alert.failed, Some(false), "{path}");
+            assert_eq!(alert.dedup_key, key, "{path}");
+        }
     }
 
     #[test]

@@ -24,6 +24,13 @@
 //!
 //! Default severity: critical for `Health` and `FailedHealthCheck` (the drive says it is
 //! failing), info for `EmailTest`, warning otherwise.
+//!
+//! Recoveries: none. smartd mails only warnings; when a condition clears it logs `Device: DEV,
+//! ..., warning condition reset after N email(s)` to syslog (`reset_warning_mail`) and mails
+//! nothing. So a smartd problem (`smartd:HOST:DEVICE:FAILTYPE`) closes after `resolve_after`
+//! (24 h by default; with `-M daily` smartd repeats the warning daily, keeping it open while
+//! the condition lasts) or by a rule's `resolve = true`. `EmailTest` is `failed = false` under
+//! a key of its own, so a test mail resolves nothing.
 
 use std::sync::LazyLock;
 

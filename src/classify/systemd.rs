@@ -15,6 +15,13 @@
 //! (`systemctl` prints `●`, `×` or `○` before the unit name, depending on version and state.)
 //! Host: `[HOST]` or `on HOST` in the subject, else the sender's domain (these scripts send
 //! from `root@$(hostname)`).
+//!
+//! Recoveries: a unit whose `OnFailure=` and `OnSuccess=` (systemd 249 and later) both start
+//! such a script mails on every run; `failed` is read from the status block (`Active: failed`
+//! or a `Result:` other than `success`), never from the subject, and the key is
+//! `systemd:HOST:UNIT` either way, so the success mail resolves the failure. For that the host
+//! must come out the same from both subjects: a bracketed status or result word (`[Failed]`,
+//! `[Success]`, `[exit-code]` from `$MONITOR_SERVICE_RESULT`, ...) is not taken for a host.
 
 use std::sync::LazyLock;
 
@@ -45,9 +52,32 @@ static SUBJECT_HOST: LazyLock<Regex> = LazyLock::new(|| {
         .unwrap_or_else(|_| unreachable!())
 });
 
-/// Bracketed words in subjects that are a status, not a host (`[Failed] UNIT`).
-const STATUS_WORDS: [&str; 8] = [
-    "failed", "failure", "success", "ok", "error", "alert", "warning", "systemd",
+/// Bracketed words in subjects that are a status, not a host (`[Failed] UNIT`), including
+/// systemd's service results (`$MONITOR_SERVICE_RESULT` in an `OnFailure=`/`OnSuccess=` unit):
+/// a failure mail and the success mail that resolves it must name the same host.
+const STATUS_WORDS: [&str; 22] = [
+    "failed",
+    "failure",
+    "success",
+    "succeeded",
+    "successful",
+    "ok",
+    "done",
+    "recovered",
+    "resolved",
+    "error",
+    "alert",
+    "warning",
+    "info",
+    "systemd",
+    "exit-code",
+    "signal",
+    "core-dump",
+    "timeout",
+    "watchdog",
+    "start-limit-hit",
+    "resources",
+    "oom-kill",
 ];
 
 /// What `systemctl status` says about a unit.
@@ -185,6 +215,26 @@ mod tests {
         assert_eq!(s.result.as_deref(), Some("exit-code"));
         assert_eq!(s.exit_status, Some(2));
         assert_eq!(s.command.as_deref(), Some("/usr/local/bin/backup --all"));
+    }
+
+    #[test]
+    fn result_words_are_not_hosts() {
+        const FAILED: &[u8] =
+            include_bytes!("../../tests/corpus/systemd/arch-status-email-failed.eml");
+        for (subject, result) in [
+            ("[exit-code] borg-backup.service", "exit-code"),
+            ("[Succeeded] borg-backup.service", "exit-code"),
+            ("[arch1.example.net] borg-backup.service", "exit-code"),
+        ] {
+            let raw = String::from_utf8_lossy(FAILED)
+                .replace("[Failed] borg-backup.service", subject)
+                .replace("(Result: exit-code)", &format!("(Result: {result})"));
+            let alert = super::super::classify(&super::super::parse(raw.as_bytes(), false));
+            assert_eq!(
+                alert.dedup_key, "systemd:arch1.example.net:borg-backup.service",
+                "{subject}"
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,20 @@
 //! Default severity: critical for a device fault and for data errors; warning for checksum and
 //! I/O errors and for a finished scrub or resilver whose `zpool status` is not clean; info
 //! otherwise.
+//!
+//! Recoveries: ZED mails a state change only into a bad state (`statechange-notify.sh` exits
+//! for any state but `FAULTED`, `DEGRADED`, `REMOVED` and `UNAVAIL`), so no mail says "device
+//! online". What says the pool is whole again is a finished resilver (always mailed) or scrub
+//! (mailed for a healthy pool only with `ZED_NOTIFY_VERBOSE=1`), whose `zpool status` is for
+//! the whole pool and names no one device. So a device fault and a finished scrub or resilver
+//! share the pool's key, `zed:HOST:POOL`: a clean one (pool `ONLINE`, `No known data errors`)
+//! is a recovery (`failed = false`) that resolves the fault, an unclean one repeats it, and
+//! one without `zpool status` output is neither (`failed` null). A
+//! second device faulting in a pool whose problem is open is a repeat of that problem (sent
+//! with its reminder), not a new page. Data, checksum and I/O error mails keep keys of their
+//! own (`zed:HOST:POOL:CLASS:VPATH`; a data error must page even while a device fault is
+//! open) and close after `resolve_after`; so do other events (`trim_finish`, generic), which
+//! say nothing about the pool's health.
 
 use std::sync::LazyLock;
 
@@ -56,26 +70,30 @@ pub(super) fn recognise(message: &Message) -> Option<Finding> {
     let vpath = field(body, "vpath");
     let event = class.replace('.', "_");
     let event = event.as_str();
-    let clean_status = body.contains("errors: No known data errors")
-        && !body
-            .lines()
-            .any(|l| super::text::field_of_line(l, "state").is_some_and(|s| s != "ONLINE"));
+    let pool_not_online = body
+        .lines()
+        .any(|l| super::text::field_of_line(l, "state").is_some_and(|s| s != "ONLINE"));
+    let clean_status = body.contains("errors: No known data errors") && !pool_not_online;
     let (severity, failed) = if fault {
-        (Severity::Critical, true)
+        (Severity::Critical, Some(true))
     } else if is_error {
         if event == "data" {
-            (Severity::Critical, true)
+            (Severity::Critical, Some(true))
         } else {
-            (Severity::Warning, true)
+            (Severity::Warning, Some(true))
         }
     } else if matches!(event, "scrub_finish" | "resilver_finish") {
-        if clean_status || !body.contains("errors:") {
-            (Severity::Info, false)
+        if clean_status {
+            (Severity::Info, Some(false))
+        } else if pool_not_online || body.contains("errors:") {
+            (Severity::Warning, Some(true))
         } else {
-            (Severity::Warning, true)
+            // No `zpool status` (the command failed): nothing says whether the pool is whole,
+            // so this must neither resolve a device fault nor open a problem.
+            (Severity::Info, None)
         }
     } else {
-        (Severity::Info, false)
+        (Severity::Info, Some(false))
     };
     let mut finding = Finding::new(Kind::Zed, severity);
     finding.title = if fault {
@@ -101,9 +119,15 @@ pub(super) fn recognise(message: &Message) -> Option<Finding> {
         },
         (None, None) => first.to_owned(),
     };
-    finding.dedup_key = format!("zed:{host}:{pool}:{event}:{}", vpath.unwrap_or(""));
+    let pool_health = fault || matches!(event, "scrub_finish" | "resilver_finish");
+    finding.dedup_key = if pool_health {
+        // One problem per pool: the scrub or resilver that reports it whole names no device.
+        format!("zed:{host}:{pool}")
+    } else {
+        format!("zed:{host}:{pool}:{event}:{}", vpath.unwrap_or(""))
+    };
     finding.host = (!host.is_empty()).then_some(host);
-    finding.failed = Some(failed);
+    finding.failed = failed;
     finding.fact("pool", pool);
     finding.fact("event", event);
     if let Some(s) = vdev_state.filter(|_| fault) {
@@ -119,4 +143,32 @@ pub(super) fn recognise(message: &Message) -> Option<Finding> {
         finding.fact("errors", errors);
     }
     Some(finding)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{classify, parse};
+
+    const RESILVER: &[u8] = include_bytes!("../../tests/corpus/zed/resilver-finish-clean.eml");
+
+    /// Without `zpool status` nothing says the pool is whole: no recovery, no problem.
+    #[test]
+    fn finish_without_status_resolves_nothing() {
+        let text = String::from_utf8_lossy(RESILVER);
+        let cut = text.split(" state: ONLINE").next().unwrap_or_default();
+        let alert = classify(&parse(cut.as_bytes(), false));
+        assert_eq!(alert.dedup_key, "zed:nas2:tank");
+        assert_eq!(alert.failed, None);
+    }
+
+    /// Events that say nothing of the pool's health keep their own keys.
+    #[test]
+    fn trim_finish_is_not_pool_health() {
+        let raw = String::from_utf8_lossy(RESILVER)
+            .replace("resilver_finish", "trim_finish")
+            .replace("finished a resilver", "finished a trim");
+        let alert = classify(&parse(raw.as_bytes(), false));
+        assert_eq!(alert.failed, Some(false));
+        assert_eq!(alert.dedup_key, "zed:nas2:tank:trim_finish:");
+    }
 }

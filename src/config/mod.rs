@@ -33,6 +33,7 @@ use toml::Spanned;
 
 use crate::dispatch::policy::{Humane, Policies, Policy, RawPolicy};
 pub use crate::error::ConfigError;
+use crate::expect::{Expectation, RawExpect};
 use crate::route::{RawRule, RawWindow, Rule, Window};
 pub use imap::{
     Account, ImapConfig, Processed, TlsMode, DEFAULT_ACCOUNT, DEFAULT_MAX_MESSAGE_BYTES,
@@ -134,6 +135,8 @@ struct RawConfig {
     windows: BTreeMap<String, RawWindow>,
     #[serde(default)]
     rules: Vec<RawRule>,
+    #[serde(default)]
+    expect: Vec<RawExpect>,
 }
 
 /// A validated configuration.
@@ -161,6 +164,8 @@ pub struct Config {
     pub windows: BTreeMap<String, Window>,
     /// The lifecycle keys of `[defaults]` and of each rule that overrides one.
     pub policies: Policies,
+    /// `[[expect]]`, in order, each name once.
+    pub expectations: Vec<Expectation>,
 }
 
 /// Where the configuration file is: `-c`, else `$HERALD_CONFIG`, else `./herald.toml`,
@@ -283,6 +288,23 @@ impl Context<'_> {
             let sink = |name: &Spanned<String>| known(name, &format!("{key}.sinks"));
             rules.push(rule.validate(&key, &sink, &windows, self)?);
         }
+        let mut expectations: Vec<Expectation> = Vec::with_capacity(raw.expect.len());
+        for (index, expect) in raw.expect.into_iter().enumerate() {
+            let key = format!("expect[{index}]");
+            let span = expect.name_span();
+            let expectation = expect.validate(&key, &known, &windows, self)?;
+            if expectations.iter().any(|e| e.name == expectation.name) {
+                return Err(self.error(
+                    span,
+                    &format!("{key}.name"),
+                    format!(
+                        "another [[expect]] is already called {:?}: names must be unique (the alerts' dedup_key is missing:NAME)",
+                        expectation.name
+                    ),
+                ));
+            }
+            expectations.push(expectation);
+        }
         Ok(Config {
             path: self.path.to_owned(),
             accounts,
@@ -295,6 +317,7 @@ impl Context<'_> {
             rules,
             windows,
             policies,
+            expectations,
         })
     }
 }

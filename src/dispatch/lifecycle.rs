@@ -293,6 +293,19 @@ impl<'a> Pass<'a> {
     /// A recovery of the open problem `alert.dedup_key`.
     fn resolve(&mut self, id: i64, mut alert: Alert) {
         let key = alert.dedup_key.clone();
+        // A failure whose notification is due now (no group_wait) goes before its recovery,
+        // even when both came in one pass: only a wait the user asked for hides a problem
+        // that recovered.
+        let due_now = self
+            .problems
+            .get(&key)
+            .filter(|p| p.pending)
+            .and_then(|p| self.groups.get(&p.group_id))
+            .filter(|g| g.flush_at.is_some_and(|t| t <= self.now))
+            .map(|g| g.id.clone());
+        if let Some(group) = due_now {
+            self.flush(&group);
+        }
         let group_key = self
             .problems
             .get(&key)

@@ -137,7 +137,7 @@ impl Clock {
     }
 
     /// The tokio instant of `at` (ms since the epoch).
-    fn instant(&self, at: i64) -> tokio::time::Instant {
+    pub(crate) fn instant(&self, at: i64) -> tokio::time::Instant {
         let ahead = u64::try_from(at.saturating_sub(self.now())).unwrap_or(0);
         tokio::time::Instant::now() + Duration::from_millis(ahead)
     }
@@ -161,13 +161,14 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// Dispatches from `store` to the sinks of `fanout` under `policies`; `wake` is what
-    /// writers of undispatched alerts notify.
+    /// writers of undispatched alerts notify; `clock` tells the time (the daemon's one clock).
     pub fn new(
         store: Arc<dyn Store>,
         fanout: Fanout,
         policies: Policies,
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
+        clock: Clock,
     ) -> Dispatcher {
         Dispatcher {
             store,
@@ -175,7 +176,7 @@ impl Dispatcher {
             policies,
             wake,
             metrics,
-            clock: Clock::start(),
+            clock,
             silences: Default::default(),
         }
     }
@@ -215,10 +216,10 @@ impl Dispatcher {
             .0
             .retain(|id, _| stored.iter().any(|s| s.id == *id));
         for s in &stored {
-            if !compiled.0.contains_key(&s.id) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = compiled.0.entry(s.id) {
                 match Matchers::parse(&s.matchers) {
                     Ok(m) => {
-                        compiled.0.insert(s.id, m);
+                        slot.insert(m);
                     }
                     Err(error) => {
                         warn!(silence = s.id, %error, "A stored silence does not parse; it is ignored.");

@@ -165,7 +165,7 @@ impl Policies {
 
 /// A humane duration (`"30s"`, `"4h"`), as written in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Humane(Duration);
+pub(crate) struct Humane(pub(crate) Duration);
 
 impl<'de> Deserialize<'de> for Humane {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Humane, D::Error> {

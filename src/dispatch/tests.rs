@@ -74,6 +74,7 @@ impl Rig {
             policies(policy),
             Arc::new(Notify::new()),
             metrics.clone(),
+            Clock::start(),
         );
         Rig {
             _dir: dir,
@@ -96,6 +97,7 @@ impl Rig {
             policies(policy),
             Arc::new(Notify::new()),
             self.metrics.clone(),
+            self.dispatcher.clock,
         );
     }
 
@@ -116,6 +118,7 @@ impl Rig {
             }],
             cursor: self.uid,
             mark: false,
+            sightings: Vec::new(),
         };
         self.store.commit(batch).await.unwrap();
         self.pass().await;
@@ -349,6 +352,38 @@ async fn an_incident_resolves_when_the_groups_last_problem_recovers() {
         pd[0].group_key.as_deref(),
         Some("cron:/usr/local/bin/backup.sh")
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_and_its_recovery_in_one_pass_are_both_told() {
+    let mut rig = Rig::new(Policy::default()).await;
+    // Committed together, dispatched in one pass.
+    rig.uid += 2;
+    let batch = Batch {
+        mailbox: MailboxId::new("default", "INBOX"),
+        uidvalidity: 1,
+        messages: [failure("web01"), recovery("web01")]
+            .into_iter()
+            .enumerate()
+            .map(|(i, alert)| Fetched {
+                uid: i as u32 + 1,
+                content_key: format!("k{i}"),
+                routed: Some(Routed {
+                    alert,
+                    sinks: vec!["pd".into()],
+                }),
+                settled: None,
+            })
+            .collect(),
+        cursor: 2,
+        mark: false,
+        sightings: Vec::new(),
+    };
+    rig.store.commit(batch).await.unwrap();
+    rig.pass().await;
+    let sent = rig.sent("pd").await;
+    assert_eq!(sent.len(), 2, "triggered, then resolved");
+    assert!(!sent[0].resolve && sent[1].resolve);
 }
 
 #[tokio::test(start_paused = true)]

@@ -24,7 +24,7 @@ use crate::error::{ConfigError, Locate};
 
 /// `match = { ... }` as written. Read by hand because `header.NAME` keys are open-ended.
 #[derive(Debug, Default)]
-pub(super) struct RawMatch {
+pub(crate) struct RawMatch {
     kind: Option<Spanned<Values>>,
     host: Option<Spanned<Values>>,
     user: Option<Spanned<Values>>,

@@ -94,11 +94,18 @@ mod template;
 mod typical;
 mod window;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use herald_bridges::Alert;
 
 use crate::classify::Message;
+use crate::error::{ConfigError, Locate};
+use crate::expect::Expectation;
+use condition::Condition;
 
+pub(crate) use condition::RawMatch;
 pub use explain::{explain_json, explain_text, RuleTrace};
 pub(crate) use glob::glob_regex;
 pub(crate) use rule::RawRule;
@@ -107,6 +114,29 @@ pub use template::{DEDUP_KEY_MAX_CHARS, SUMMARY_MAX_CHARS, TITLE_MAX_CHARS};
 pub use typical::{typical_config_toml, typical_rules_toml};
 pub(crate) use window::RawWindow;
 pub use window::Window;
+pub use window::Zone;
+
+/// A `match` table compiled on its own, outside a rule (an `[[expect]]`'s): every condition
+/// must hold, exactly as in a rule.
+#[derive(Debug, Clone)]
+pub struct Matcher(Vec<Condition>);
+
+impl Matcher {
+    /// Compiles `raw`; `key` names the table for errors.
+    pub(crate) fn new(
+        raw: &RawMatch,
+        key: &str,
+        windows: &BTreeMap<String, Window>,
+        locate: &dyn Locate,
+    ) -> Result<Matcher, ConfigError> {
+        raw.validate(key, windows, locate).map(Matcher)
+    }
+
+    /// Whether every condition holds for `message` and `alert` at `now`.
+    pub fn holds(&self, message: &Message, alert: &Alert, now: DateTime<Utc>) -> bool {
+        self.0.iter().all(|c| c.holds(message, alert, now))
+    }
+}
 
 /// Where an alert goes.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,6 +147,8 @@ pub struct Decision {
     pub sinks: Vec<String>,
     /// A rule said `drop = true`.
     pub dropped: bool,
+    /// The expectations (`[[expect]]`) the message feeds, by name: dropped mail counts too.
+    pub expected: Vec<String>,
 }
 
 /// Everything needed to turn a raw message into a routing decision.
@@ -124,6 +156,7 @@ pub struct Decision {
 pub struct Router {
     rules: Vec<Rule>,
     default_sinks: Vec<String>,
+    expectations: Arc<Vec<Expectation>>,
 }
 
 impl Router {
@@ -132,7 +165,40 @@ impl Router {
         Router {
             rules,
             default_sinks,
+            expectations: Arc::default(),
         }
+    }
+
+    /// The router, also telling which of `expectations` each message feeds.
+    pub fn expecting(mut self, expectations: Vec<Expectation>) -> Router {
+        self.expectations = Arc::new(expectations);
+        self
+    }
+
+    /// The expectations it knows.
+    pub fn expectations(&self) -> &[Expectation] {
+        &self.expectations
+    }
+
+    /// Routes an alert herald made itself (an expectation's), with no mail behind it: the
+    /// rules see its alert fields; `sinks` take it if no rule routes it.
+    pub fn route_own(&self, alert: Alert, sinks: &[String], now: DateTime<Utc>) -> Decision {
+        let message = crate::expect::message_of(&alert);
+        let sinks = if sinks.is_empty() {
+            &self.default_sinks
+        } else {
+            sinks
+        };
+        route_at(&self.rules, sinks, &message, alert, now)
+    }
+
+    /// Which expectations `message`, classified and routed as `alert`, feeds.
+    fn feeds(&self, message: &Message, alert: &Alert, now: DateTime<Utc>) -> Vec<String> {
+        self.expectations
+            .iter()
+            .filter(|e| e.matches(message, alert, now))
+            .map(|e| e.name.clone())
+            .collect()
     }
 
     /// Parses, classifies and routes one message now; `truncated` says `raw` is only its
@@ -150,7 +216,9 @@ impl Router {
         now: DateTime<Utc>,
     ) -> Decision {
         let (message, alert) = classified(raw, truncated, origin);
-        route_at(&self.rules, &self.default_sinks, &message, alert, now)
+        let mut decision = route_at(&self.rules, &self.default_sinks, &message, alert, now);
+        decision.expected = self.feeds(&message, &decision.alert, now);
+        decision
     }
 
     /// [`Router::decide`], and what each rule made of the message (`classify --explain`).
@@ -173,7 +241,7 @@ impl Router {
     ) -> (Decision, Vec<RuleTrace>) {
         let (message, alert) = classified(raw, truncated, origin);
         let mut trace = Vec::with_capacity(self.rules.len());
-        let decision = evaluate(
+        let mut decision = evaluate(
             &self.rules,
             &self.default_sinks,
             &message,
@@ -181,6 +249,7 @@ impl Router {
             now,
             Some(&mut trace),
         );
+        decision.expected = self.feeds(&message, &decision.alert, now);
         (decision, trace)
     }
 }
@@ -280,6 +349,7 @@ fn evaluate(
         alert,
         sinks,
         dropped,
+        expected: Vec::new(),
     }
 }
 

@@ -52,13 +52,37 @@ pub(crate) struct RawWindow {
     timezone: Option<Spanned<String>>,
 }
 
-/// Where a window's wall-clock times are read.
+/// Where wall-clock times are read (a window's, an expectation's schedule).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Zone {
+pub enum Zone {
     /// The system's local time zone (`TZ`, else `/etc/localtime`).
     Local,
     /// An IANA zone.
     Named(Tz),
+}
+
+impl Zone {
+    /// The zone a `timezone` key names; the local zone when it is not given.
+    pub(crate) fn parse(
+        name: Option<&Spanned<String>>,
+        key: &str,
+        locate: &dyn Locate,
+    ) -> Result<Zone, ConfigError> {
+        let Some(name) = name else {
+            return Ok(Zone::Local);
+        };
+        name.get_ref().parse::<Tz>().map(Zone::Named).map_err(|_| {
+            locate.at(
+                name.span(),
+                key,
+                format!(
+                    "unknown time zone {:?} (an IANA name such as \"Europe/Berlin\" or \"UTC\"; \
+                     remove the key for the system's local time zone)",
+                    name.get_ref()
+                ),
+            )
+        })
+    }
 }
 
 /// A validated time window.
@@ -127,20 +151,7 @@ impl RawWindow {
                 days
             }
         };
-        let zone = match &self.timezone {
-            None => Zone::Local,
-            Some(name) => Zone::Named(name.get_ref().parse::<Tz>().map_err(|_| {
-                locate.at(
-                    name.span(),
-                    &format!("{key}.timezone"),
-                    format!(
-                        "unknown time zone {:?} (an IANA name such as \"Europe/Berlin\" or \"UTC\"; \
-                         remove the key for the system's local time zone)",
-                        name.get_ref()
-                    ),
-                )
-            })?),
-        };
+        let zone = Zone::parse(self.timezone.as_ref(), &format!("{key}.timezone"), locate)?;
         Ok(Window {
             from,
             to,

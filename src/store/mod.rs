@@ -12,7 +12,8 @@
 //!
 //! ```text
 //! ingest:   fetched mail ──commit──> alert (routed sinks, undispatched) + marks + cursor
-//! dispatch: undispatched alert ──commit──> outbox rows (one per sink target), alert dispatched
+//! dispatch: undispatched alerts + problems + groups ──commit──> fates, outbox rows (one per
+//!           sink target), new problem and group state, silence counts; timers likewise
 //! deliver:  outbox row: pending ──claim──> sending ──> sent | pending (retry) | dead
 //! ```
 //!
@@ -22,7 +23,10 @@
 //! soon as it is confirmed. A crash therefore loses nothing, and repeats at most the
 //! deliveries that were in flight. Rows left `sending` by a crash return to `pending` when the
 //! daemon opens the store. A dead letter's notice is an ordinary alert, committed with the
-//! dead row and handed to dispatch like any other.
+//! dead row and handed to dispatch like any other. Dispatch's own state (problems, groups and their
+//! timers) commits with the rows it creates, so a timer that fired is either still due after a
+//! crash or done with its rows. An alert that goes nowhere (dropped by a rule, routed nowhere)
+//! is stored already dispatched, with its fate, so `herald alerts` can show it.
 //!
 //! An alert's identity is its content key (the Message-ID, else a hash of the header block):
 //! mail seen again under new UIDs (a recreated mailbox, a restored backup) alerts only once.
@@ -32,9 +36,9 @@
 //! [`Access::Daemon`] is exclusive: a second `herald run` on the same state refuses to start
 //! ([`StoreError::Locked`]) instead of resetting the first one's in-flight rows. It also
 //! refuses to start fresh where a state has been before and is now gone or empty
-//! ([`StoreError::Vanished`]). [`Access::Admin`] (outbox retry, drop) writes beside a running
-//! daemon but never creates the state or resets rows; [`Access::ReadOnly`] (outbox list)
-//! changes nothing at all.
+//! ([`StoreError::Vanished`]). [`Access::Admin`] (outbox retry and drop, silence add and
+//! expire) writes beside a running daemon but never creates the state or resets rows;
+//! [`Access::ReadOnly`] (outbox list, silence list, alerts) changes nothing at all.
 //!
 //! # What a backend must provide (the SQL a PostgreSQL backend needs)
 //!
@@ -51,6 +55,11 @@
 //!   FOR UPDATE SKIP LOCKED) RETURNING ...` in PostgreSQL, so replicas never claim one row
 //!   twice; SQLite has one writer and claims in a transaction.
 //! - `backlog` and `imap_marks`: sets of `(account, folder, uidvalidity, uid)`.
+//! - `problems` (by `dedup_key`; indexes on group, on reminder time where repeats are folded,
+//!   on expiry), `groups` (by id; a partial index on pending digest time) and `silences` (an
+//!   index on their end). Dispatch reads them, decides, and writes them back in its commit;
+//!   with several replicas one dispatcher at a time must own them (a lease), since a pass is
+//!   read-decide-write.
 //! - Every multi-statement write is one transaction; dispatch reads undispatched alerts and
 //!   writes their rows in one (PostgreSQL: `FOR UPDATE SKIP LOCKED` on the alerts too).
 //! - Schema changes are numbered migrations applied at open, each in its own transaction
@@ -59,6 +68,7 @@
 //! - Ownership: SQLite takes an exclusive lock on a file beside the database; PostgreSQL has
 //!   no owner, replicas share, and a lease per mailbox decides who holds its IMAP session.
 
+mod expect;
 mod silences;
 mod sqlite;
 
@@ -70,6 +80,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use herald_bridges::{Alert, Severity};
 
+pub use expect::{ExpectStore, Expected, Sighting};
 pub use silences::{Silence, SilenceStore};
 
 /// Milliseconds since the Unix epoch: the store's clock.
@@ -158,6 +169,8 @@ pub struct Batch {
     pub cursor: u32,
     /// Whether each message is to be marked processed on the server (a pending mark).
     pub mark: bool,
+    /// The expectations the batch's mail fed, each once.
+    pub sightings: Vec<Sighting>,
 }
 
 /// A routed alert that dispatch has not yet decided on.
@@ -599,8 +612,14 @@ pub trait AdminStore: Send + Sync {
 }
 
 /// Everything a daemon's stages need, from one backend.
-pub trait Store: IngestStore + DispatchStore + OutboxStore + AdminStore + SilenceStore {}
-impl<T: IngestStore + DispatchStore + OutboxStore + AdminStore + SilenceStore> Store for T {}
+pub trait Store:
+    IngestStore + DispatchStore + OutboxStore + AdminStore + SilenceStore + ExpectStore
+{
+}
+impl<T> Store for T where
+    T: IngestStore + DispatchStore + OutboxStore + AdminStore + SilenceStore + ExpectStore
+{
+}
 
 /// How a process uses the state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -668,6 +687,7 @@ pub(crate) mod testing {
                 .collect(),
             cursor: uids.iter().copied().max().unwrap_or(0),
             mark,
+            sightings: Vec::new(),
         }
     }
 

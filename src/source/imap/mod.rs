@@ -354,6 +354,7 @@ impl Mailbox {
             return Ok(Vec::new());
         }
         let cursor = chunk.iter().map(|(uid, ..)| *uid).max().unwrap_or(0);
+        let sightings = self.sightings(&chunk);
         let mut fates = Vec::with_capacity(chunk.len());
         let messages = chunk
             .into_iter()
@@ -362,6 +363,7 @@ impl Mailbox {
                     alert,
                     sinks,
                     dropped,
+                    ..
                 } = decision;
                 let fate = Fate::of(uid, &alert, dropped, &sinks);
                 let (routed, settled) = match &fate.route {
@@ -387,6 +389,7 @@ impl Mailbox {
             messages,
             cursor,
             mark: self.imap.config.processed != Processed::None,
+            sightings,
         };
         let known = self.store.commit(batch).await.map_err(|e| {
             SessionError::Fatal(
@@ -421,6 +424,37 @@ impl Mailbox {
             self.dispatch.notify_one();
         }
         Ok(fates.iter().map(|f| f.uid).collect())
+    }
+
+    /// The expectations a chunk's mail fed, each once: the next expected time counts from
+    /// now, and the recovery alert is ready in case the expectation is missing.
+    fn sightings(&self, chunk: &[(u32, String, Decision)]) -> Vec<store::Sighting> {
+        let now = chrono::Utc::now();
+        let mut sightings: Vec<store::Sighting> = Vec::new();
+        for name in chunk.iter().flat_map(|(.., d)| &d.expected) {
+            if sightings.iter().any(|s| &s.name == name) {
+                continue;
+            }
+            let Some(e) = self.router.expectations().iter().find(|e| &e.name == name) else {
+                continue;
+            };
+            let decision = self
+                .router
+                .route_own(e.returned(now.timestamp_millis()), &e.sinks, now);
+            let recovery =
+                (!decision.dropped && !decision.sinks.is_empty()).then(|| store::Routed {
+                    alert: decision.alert,
+                    sinks: decision.sinks,
+                });
+            debug!(mailbox = %self.id, expectation = %name, "Expected mail seen.");
+            sightings.push(store::Sighting {
+                name: name.clone(),
+                timing: e.timing.describe(),
+                next: e.timing.next(now.timestamp_millis()),
+                recovery,
+            });
+        }
+        sightings
     }
 
     /// Marks stored messages processed on the server, then forgets the marks.

@@ -189,6 +189,19 @@ const STEPS: &[&str] = &[
     );
     CREATE INDEX silences_active ON silences (ends_at);
     ",
+    // 4: expectations (`[[expect]]`): when each was started and last seen, the time its
+    // mail is expected next, and since when it is missing. `timing` is the `every` or
+    // `schedule` the expected time was computed for, so a changed one starts afresh.
+    "
+    CREATE TABLE expectations (
+        name          TEXT PRIMARY KEY,
+        timing        TEXT NOT NULL,
+        started_at    INTEGER NOT NULL,
+        last_seen     INTEGER,
+        expected_at   INTEGER NOT NULL,
+        missing_since INTEGER
+    );
+    ",
 ];
 
 /// The version this build writes.

@@ -13,6 +13,7 @@
 //! on `PATH.lock` (see `lock`) for as long as it runs.
 
 mod dispatch;
+mod expect;
 mod lock;
 mod migrations;
 mod silences;
@@ -259,7 +260,15 @@ impl IngestStore for SqliteStore {
             messages,
             cursor,
             mark,
+            sightings,
         } = batch;
+        let sightings = sightings
+            .into_iter()
+            .map(|s| {
+                let recovery = s.recovery.as_ref().map(Encoded::of).transpose()?;
+                Ok((s, recovery))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let rows = messages
             .into_iter()
             .map(|m| {
@@ -313,6 +322,7 @@ impl IngestStore for SqliteStore {
                         }
                     }
                 }
+                expect::record_sightings(&tx, &sightings, now)?;
                 tx.execute(
                     "INSERT INTO mailboxes (account, folder, uidvalidity, last_uid) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (account, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity,

@@ -150,6 +150,7 @@ async fn cursor_never_moves_back_within_a_uidvalidity() {
         messages: Vec::new(),
         cursor,
         mark: false,
+        sightings: Vec::new(),
     };
     store.commit(empty(7, 10)).await.unwrap();
     store.commit(empty(7, 5)).await.unwrap();
