@@ -390,6 +390,21 @@ fn explain_shows_the_group_key_of_the_deciding_rule() {
 }
 
 #[test]
+fn explain_names_the_expectations_a_mail_feeds_and_the_problem_it_resolves() {
+    let f = Fixture::new(
+        "[[rules]]\nname = \"drop-ok\"\nmatch = { failed = false }\ndrop = true\n\
+         [[expect]]\nname = \"db02-ok\"\nmatch = { kind = \"cron\", host = \"db02*\" }\nevery = \"1d\"\n\
+         [[expect]]\nname = \"elsewhere\"\nmatch = { host = \"web*\" }\nevery = \"1d\"\n",
+    );
+    let ok = herald_testkit::cron_mail("db02.example.net", "root", "/bin/true", "ok\n");
+    let v = f.classify(&f.mail("ok.eml", &ok));
+    assert_eq!(v["expects"], json!(["db02-ok"]), "a dropped mail still feeds it");
+    assert!(v.get("resolves").is_none(), "dropped: it resolves nothing");
+    let failure = f.classify(&f.mail("backup.eml", &backup_mail()));
+    assert_eq!(failure["expects"], json!(["elsewhere"]));
+}
+
+#[test]
 fn the_example_configuration_checks() {
     let text = include_str!("../config.example.toml");
     let dir = tempfile::tempdir().expect("tempdir");

@@ -215,38 +215,26 @@ impl<'a> Pass<'a> {
         }
         let group = problem.group_id.clone();
         self.changed.insert(key.clone());
-        match problem.notified_at {
-            Some(notified) => {
-                problem.folded += 1;
-                problem.folded_since.get_or_insert(now);
-                if now < notified.saturating_add(ms(policy.repeat_interval)) && !problem.pending {
-                    let count = problem.folded;
-                    self.decided.push((
-                        id,
-                        Fate::Folded {
-                            problem: key,
-                            count,
-                        },
-                    ));
-                    return;
-                }
-                problem.pending = true;
-            }
-            None => {
-                // Still waiting for its first notification, which will say how many came.
-                problem.folded += 1;
-                problem.folded_since.get_or_insert(now);
-                let count = problem.folded;
-                self.decided.push((
-                    id,
-                    Fate::Folded {
-                        problem: key,
-                        count,
-                    },
-                ));
-                return;
-            }
+        problem.folded += 1;
+        problem.folded_since.get_or_insert(now);
+        // A repeat is counted into the problem's next notification: its first, while that
+        // is pending; a reminder once repeat_interval has passed since the last one.
+        let pending = problem.pending;
+        let remind = problem.notified_at.is_some_and(|notified| {
+            pending || now >= notified.saturating_add(ms(policy.repeat_interval))
+        });
+        if !remind {
+            let count = problem.folded;
+            self.decided.push((
+                id,
+                Fate::Folded {
+                    problem: key,
+                    count,
+                },
+            ));
+            return;
         }
+        problem.pending = true;
         let group_key = self
             .groups
             .get(&group)

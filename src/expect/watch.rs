@@ -179,7 +179,9 @@ mod tests {
     use crate::store::testing::store;
     use crate::store::{Batch, MailboxId, Sighting};
 
-    fn watcher(store: &Arc<dyn Store>, timing: &str, clock: Clock) -> Watcher {
+    /// A watcher of one expectation, due 10 s after its last mail, with 5 s of grace.
+    fn watcher(store: &Arc<dyn Store>, clock: Clock) -> Watcher {
+        let timing = "every = \"10s\"\ngrace = \"5s\"";
         let text = format!(
             "[imap]\nhost = \"127.0.0.1\"\ntls = \"none\"\nusername = \"u\"\npassword = \"p\"\n\
              [sinks.pd]\ntype = \"console\"\n\
@@ -232,12 +234,7 @@ mod tests {
         let (_dir, store) = store().await;
         // One clock for the test, as restarts share the wall clock.
         let clock = Clock::start();
-        let w = watcher(
-            &store,
-            "every = \"10s\"
-grace = \"5s\"",
-            clock,
-        );
+        let w = watcher(&store, clock);
         w.track().await.unwrap();
         advance(Duration::from_secs(14)).await;
         w.check().await.unwrap();
@@ -270,12 +267,7 @@ grace = \"5s\"",
         let (_dir, store) = store().await;
         // One clock for the test, as restarts share the wall clock.
         let clock = Clock::start();
-        let w = watcher(
-            &store,
-            "every = \"10s\"
-grace = \"5s\"",
-            clock,
-        );
+        let w = watcher(&store, clock);
         w.track().await.unwrap();
         advance(Duration::from_secs(12)).await;
         sighting(&store, &w).await;
@@ -295,21 +287,11 @@ grace = \"5s\"",
         let (_dir, store) = store().await;
         // One clock for the test, as restarts share the wall clock.
         let clock = Clock::start();
-        let first = watcher(
-            &store,
-            "every = \"10s\"
-grace = \"5s\"",
-            clock,
-        );
+        let first = watcher(&store, clock);
         first.track().await.unwrap();
         advance(Duration::from_secs(8)).await;
         // A restart before the deadline: the clock is kept, not started again.
-        let second = watcher(
-            &store,
-            "every = \"10s\"
-grace = \"5s\"",
-            clock,
-        );
+        let second = watcher(&store, clock);
         second.track().await.unwrap();
         advance(Duration::from_secs(8)).await;
         second.check().await.unwrap();
@@ -320,12 +302,7 @@ grace = \"5s\"",
         );
         // Down for an hour: one alert at start, not one per missed period.
         advance(Duration::from_secs(3600)).await;
-        let third = watcher(
-            &store,
-            "every = \"10s\"
-grace = \"5s\"",
-            clock,
-        );
+        let third = watcher(&store, clock);
         third.track().await.unwrap();
         third.check().await.unwrap();
         third.check().await.unwrap();
@@ -342,12 +319,7 @@ grace = \"5s\"",
         let (_dir, store) = store().await;
         // One clock for the test, as restarts share the wall clock.
         let clock = Clock::start();
-        let w = watcher(
-            &store,
-            "every = \"10s\"
-grace = \"5s\"",
-            clock,
-        );
+        let w = watcher(&store, clock);
         let stop = CancellationToken::new();
         let running = tokio::spawn(w.run(stop.clone()));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(16);
