@@ -78,8 +78,14 @@ fn outcome(recent: &Recent) -> String {
         }) => {
             format!("notified in a digest of group {}", one_line(group, 60))
         }
+        // Its rows came when the group notified with it alone: it went out after the wait.
+        Some(Fate::Grouped { group, .. }) if !recent.deliveries.is_empty() => format!(
+            "notified after waiting for group {}: {}",
+            one_line(group, 60),
+            sent()
+        ),
         Some(Fate::Grouped { group, due_at }) => format!(
-            "grouped in {} (digest due {})",
+            "grouped in {} (its notification due {})",
             one_line(group, 60),
             local(*due_at)
         ),
