@@ -247,16 +247,44 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Crates that log the IMAP wire at TRACE: async-imap writes every command it sends, so
+/// `LOGIN "alerts" "<password>"` too, and every response it decodes.
+const WIRE_LOGGERS: [&str; 2] = ["async_imap", "imap_proto"];
+
+/// Installs the stderr logger: `HERALD_LOG` (any `tracing` filter, default `info`) decides,
+/// except that [`WIRE_LOGGERS`] never log below DEBUG. The cap is a second filter beside the
+/// user's, not a directive added to it, so no filter can undo it: neither `trace`, nor
+/// `async_imap=trace`, nor a span-scoped directive. (Redacting the password from the
+/// formatted line instead would depend on how async-imap quotes it; it logs nothing worth
+/// knowing at TRACE that herald's own DEBUG lines do not say.) log-crate records, which
+/// async-imap emits, reach the same filters through tracing-log under their module target.
 fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+
     let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let cap = tracing_subscriber::filter::filter_fn(|meta| {
+        *meta.level() <= tracing::Level::DEBUG || !is_wire_logger(meta.target())
+    });
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal: journald and `docker logs` get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
-        .init();
+        .with_filter(cap)
+        .with_filter(filter);
+    tracing_subscriber::registry().with(layer).init();
+}
+
+/// Whether `target` (a module path) is one of [`WIRE_LOGGERS`] or inside one.
+fn is_wire_logger(target: &str) -> bool {
+    WIRE_LOGGERS.iter().any(|name| {
+        target
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -331,7 +359,11 @@ struct Output {
 fn classify(config: Option<&Config>, output: Output, files: &[PathBuf]) -> Result<()> {
     let router = config.map_or_else(
         || Router::new(Vec::new(), Vec::new()),
-        |c| Router::new(c.rules.clone(), c.default_sinks.clone()).expecting(c.expectations.clone()),
+        |c| {
+            Router::new(c.rules.clone(), c.default_sinks.clone())
+                .expecting(c.expectations.clone())
+                .trusting(c.trust.clone())
+        },
     );
     let policies = config.map(|c| c.policies.clone()).unwrap_or_default();
     // A file is judged as the first account would fetch it.
@@ -358,6 +390,7 @@ fn classify(config: Option<&Config>, output: Output, files: &[PathBuf]) -> Resul
             let mut object = classify_json(file, &decision);
             if output.explain {
                 crate::route::explain_json(&mut object, &trace);
+                crate::route::trust_json(&mut object, decision.trust.as_ref());
                 if let Value::Object(fields) = &mut object {
                     let policy = policies.of(decision.alert.rule.as_deref());
                     fields.insert("group_key".into(), policy.group_key(&decision.alert).into());
@@ -378,6 +411,7 @@ fn classify(config: Option<&Config>, output: Output, files: &[PathBuf]) -> Resul
             writeln!(out, "{}", classify_text(file, &decision))?;
             if output.explain {
                 write!(out, "{}", crate::route::explain_text(&trace))?;
+                write!(out, "{}", crate::route::trust_text(decision.trust.as_ref()))?;
                 let policy = policies.of(decision.alert.rule.as_deref());
                 writeln!(
                     out,

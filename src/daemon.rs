@@ -89,7 +89,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     spawn_pruning(store.clone(), delivery_stop.clone());
     let router = Router::new(config.rules.clone(), config.default_sinks.clone())
-        .expecting(config.expectations.clone());
+        .expecting(config.expectations.clone())
+        .trusting(config.trust.clone());
     {
         let watcher = Watcher::new(store.clone(), router.clone(), dispatch_wake.clone(), clock);
         let stop = delivery_stop.clone();

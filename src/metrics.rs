@@ -22,6 +22,7 @@
 //! | metric | type | labels |
 //! | --- | --- | --- |
 //! | `herald_messages_fetched_total` | counter | |
+//! | `herald_messages_skipped_total` | counter | |
 //! | `herald_alerts_total` | counter | `kind`, `rule` (`""`: no rule matched) |
 //! | `herald_alerts_unrouted_total` | counter | |
 //! | `herald_deliveries_total` | counter | `sink`, `outcome` (delivered, retry, rejected, expired) |
@@ -34,6 +35,10 @@
 //! | `herald_imap_session_up` | gauge | |
 //! | `herald_imap_last_contact_seconds` | gauge | |
 //! | `herald_outbox_rows` | gauge | `sink`, `state` |
+//!
+//! `herald_messages_skipped_total` counts messages the IMAP server failed to give
+//! (`POISON_LIMIT` times) and that were skipped; the latest of them are also kept by name
+//! ([`Metrics::skipped`]) for `/readyz` to mention.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -66,6 +71,10 @@ pub const MAX_LABEL_VALUES: usize = 256;
 
 /// The label value that stands for every value past [`MAX_LABEL_VALUES`].
 pub const OVERFLOW_LABEL: &str = "_other";
+
+/// Skipped messages kept by name for `/readyz`: the latest few say where to look; the
+/// counter and the alerts have the rest.
+pub const MAX_SKIPPED_NAMED: usize = 10;
 
 /// Latency buckets in seconds, from a webhook answering in under a second to an alert that
 /// waited out a sink's outage for hours (retries back off up to 5 min, style.md item 7).
@@ -194,6 +203,10 @@ pub struct Metrics {
     registry: Registry,
     /// `herald_messages_fetched_total`.
     messages_fetched: Counter,
+    /// `herald_messages_skipped_total`.
+    messages_skipped: Counter,
+    /// The latest skipped messages (`account/folder UID n`), at most [`MAX_SKIPPED_NAMED`].
+    skipped: Mutex<Vec<String>>,
     /// `herald_alerts_total{kind,rule}`.
     alerts: Family<AlertLabels, Counter>,
     /// `herald_alerts_unrouted_total`.
@@ -235,6 +248,12 @@ impl Metrics {
             "messages_fetched",
             "Messages fetched from the IMAP mailbox",
             messages_fetched.clone(),
+        );
+        let messages_skipped = Counter::default();
+        registry.register(
+            "messages_skipped",
+            "Messages the IMAP server failed to give repeatedly, skipped and alerted on (left on the server unmarked)",
+            messages_skipped.clone(),
         );
         let alerts = Family::<AlertLabels, Counter>::default();
         registry.register(
@@ -299,6 +318,8 @@ impl Metrics {
         Arc::new(Metrics {
             registry,
             messages_fetched,
+            messages_skipped,
+            skipped: Mutex::default(),
             alerts,
             unrouted,
             deliveries,
@@ -342,6 +363,25 @@ impl Metrics {
     /// Counts `n` messages fetched.
     pub fn messages_fetched(&self, n: u64) {
         self.messages_fetched.inc_by(n);
+    }
+
+    /// Counts a message skipped as unreadable, `what` naming it (`account/folder UID n`).
+    pub fn message_skipped(&self, what: &str) {
+        self.messages_skipped.inc();
+        // Only pushes and reads happen under this lock; a poisoned one holds a whole list.
+        let mut skipped = self.skipped.lock().unwrap_or_else(|p| p.into_inner());
+        if skipped.len() >= MAX_SKIPPED_NAMED {
+            skipped.remove(0);
+        }
+        skipped.push(clean_label(what));
+    }
+
+    /// The latest messages skipped as unreadable since start, oldest first.
+    pub fn skipped(&self) -> Vec<String> {
+        self.skipped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Counts an alert of `kind`, routed by `rule` (`None`: no rule matched).
@@ -794,6 +834,29 @@ mod tests {
             .filter(|l| l.starts_with("herald_dead_letters_total{"))
             .count();
         assert_eq!(series, MAX_LABEL_VALUES + 1);
+    }
+
+    #[test]
+    fn skipped_messages_are_counted_and_the_latest_named() {
+        let metrics = Metrics::new();
+        assert!(metrics.skipped().is_empty());
+        for uid in 0..=MAX_SKIPPED_NAMED {
+            metrics.message_skipped(&format!("default/INBOX UID {uid}"));
+        }
+        let text = metrics.encode(&[]);
+        assert!(
+            text.contains(&format!(
+                "herald_messages_skipped_total {}",
+                MAX_SKIPPED_NAMED + 1
+            )),
+            "{text}"
+        );
+        let named = metrics.skipped();
+        assert_eq!(named.len(), MAX_SKIPPED_NAMED);
+        assert_eq!(
+            named.last().map(String::as_str),
+            Some("default/INBOX UID 10")
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! - `/healthz`: 200 `ok` while the process serves at all (liveness).
 //! - `/readyz`: 200 `ok` only while herald can take mail: an IMAP session is live, the
 //!   server answered within `ready_within`, and the store accepts a write transaction;
-//!   otherwise 503 with a one-line reason.
+//!   otherwise 503 with a one-line reason. A message skipped as unreadable does not make
+//!   herald unready (the mail after it flows), but the 200 names the latest ones, so a
+//!   person looking finds them.
 //! - `/metrics`: the [`Metrics`] exposition, with the outbox depth read from the store.
 //!
 //! `HEAD` is answered like `GET`; other methods get 405, other paths 404.
@@ -250,7 +252,16 @@ async fn respond<S: StoreProbe + ?Sized>(
     match path {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => match ready(state).await {
-            Ok(()) => text(StatusCode::OK, "ok\n"),
+            Ok(()) => match state.metrics.skipped() {
+                skipped if skipped.is_empty() => text(StatusCode::OK, "ok\n"),
+                skipped => text(
+                    StatusCode::OK,
+                    format!(
+                        "ok; skipped unreadable messages (alerted on, left on the server): {}\n",
+                        one_line(&skipped.join(", "))
+                    ),
+                ),
+            },
             Err(reason) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("{}\n", one_line(&reason)),

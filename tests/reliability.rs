@@ -232,15 +232,30 @@ async fn a_recreated_mailbox_alerts_only_on_new_mail() {
             .expect("uidvalidity"),
         before
     );
+    // Dovecot may still be removing the old folder's files when the first APPEND to the new
+    // one comes ("Mailbox was deleted under us"): the test's own set-up waits for it.
+    let append = |raw: Vec<u8>| {
+        let dovecot = &env.dovecot;
+        async move {
+            let deadline = tokio::time::Instant::now() + DEADLINE;
+            loop {
+                match dovecot.append("Alerts", &raw).await {
+                    Ok(_) => return,
+                    Err(e) if tokio::time::Instant::now() < deadline => {
+                        eprintln!("append to the recreated folder: {e:#}; again");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => panic!("append: {e:#}"),
+                }
+            }
+        }
+    };
     for raw in &old {
-        env.dovecot.append("Alerts", raw).await.expect("append");
+        append(raw.clone()).await;
     }
     let new: Vec<String> = (0..2).map(|i| format!("new {i}")).collect();
     for t in &new {
-        env.dovecot
-            .append("Alerts", &plain_mail(t, "x\n"))
-            .await
-            .expect("append");
+        append(plain_mail(t, "x\n")).await;
     }
     let counts = wait_delivered(&env.receiver, &new, Some(&herald)).await;
     assert_eq!(
@@ -641,4 +656,131 @@ async fn uidnext_going_backwards_triggers_a_rescan_without_repeats() {
     let counts = wait_delivered(&env.receiver, &["after restore".to_string()], Some(&herald)).await;
     assert!(counts.values().all(|&n| n == 1), "repeated: {counts:?}");
     assert_eq!(counts.len(), 6, "{counts:?}");
+}
+
+/// Mail with Message-ID `<one-id@example.org>`, subject `subject` and `body`.
+fn with_shared_id(subject: &str, body: &str) -> Vec<u8> {
+    format!(
+        "From: root@example.org\r\nTo: herald@localhost\r\nSubject: {subject}\r\nMessage-ID: <one-id@example.org>\r\n\r\n{body}\r\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn a_reused_message_id_alerts_with_a_warning_and_a_replay_alerts_once() {
+    let env = Env::new(Receiver::start().await.expect("receiver")).await;
+    let path = env.config(Imap::plain(&env.dovecot), "");
+    let genuine = with_shared_id("genuine", "the real report");
+    for raw in [
+        genuine.clone(),
+        with_shared_id("impostor", "a stranger's mail reusing its Message-ID"),
+        // A replay: the same bytes under a new UID, as a restored mailbox holds them.
+        genuine,
+    ] {
+        env.dovecot.append("INBOX", &raw).await.expect("append");
+    }
+    let herald = start_herald(&path).await;
+    wait_delivered(
+        &env.receiver,
+        &["genuine".to_string(), "impostor".to_string()],
+        Some(&herald),
+    )
+    .await;
+    wait_for_flags(&env.dovecot, 3, |f| f.iter().any(|f| f == "\\Seen")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = delivered(&env.receiver);
+    assert_eq!(counts.get("genuine"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("impostor"), Some(&1), "{counts:?}");
+    let log = herald.stderr();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("reuses the Message-ID"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(
+        warned[0].contains("WARN")
+            && warned[0].contains("title=impostor")
+            && warned[0].contains("earlier_title=genuine")
+            && warned[0].contains("earlier_alert="),
+        "{}",
+        warned[0]
+    );
+    assert_eq!(log.matches("Already alerted on").count(), 1, "{log}");
+}
+
+#[tokio::test]
+async fn a_missing_move_target_fails_check_and_refused_marks_back_off_while_alerts_flow() {
+    let env = Env::new(Receiver::start().await.expect("receiver")).await;
+    // Dovecot's Maildir++ separator is `.`: this is the folder `Done` inside `Alerts`.
+    env.dovecot
+        .create_mailbox("Alerts.Done")
+        .await
+        .expect("create");
+    let check = |target: &str| {
+        let path = env.config(
+            Imap::plain(&env.dovecot).with(&format!("processed = \"move:{target}\"")),
+            "",
+        );
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["check", "--connect", "-c", path.to_str().expect("utf-8")])
+            .env("TEST_IMAP_PASSWORD", herald_testkit::PASSWORD)
+            .output()
+            .expect("herald check");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check("Alerts.Done");
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = check("Nowhere");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no folder \"Nowhere\"") && stderr.contains("create it first"),
+        "{stderr}"
+    );
+    let (code, stderr) = check("Alerts/Done");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("separator is \".\"") && stderr.contains("write \"move:Alerts.Done\""),
+        "{stderr}"
+    );
+
+    // Run with it anyway (the last config written): alerts flow, marks wait, no relogin loop.
+    let path = env.dir.path().join("herald.toml");
+    env.dovecot
+        .append("INBOX", &plain_mail("before start", "x\n"))
+        .await
+        .expect("append");
+    let herald = start_herald(&path).await;
+    wait_delivered(&env.receiver, &["before start".to_string()], Some(&herald)).await;
+    herald
+        .wait_for_stderr("The server refused to mark processed mail", DEADLINE)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", herald.stderr()));
+    env.dovecot
+        .append("INBOX", &plain_mail("during the backoff", "x\n"))
+        .await
+        .expect("append");
+    wait_delivered(
+        &env.receiver,
+        &["during the backoff".to_string()],
+        Some(&herald),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = herald.stderr();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("The server refused to mark processed mail"))
+        .collect();
+    // MARK_RETRY waits 10 s before the first retry: one ERROR so far, not one per second.
+    assert_eq!(refused.len(), 1, "{log}");
+    assert!(refused[0].contains("ERROR"), "{}", refused[0]);
+    assert!(!log.contains("IMAP session failed"), "{log}");
+    assert_eq!(
+        env.dovecot.uids("INBOX").await.expect("uids"),
+        vec![1, 2],
+        "nothing moved"
+    );
 }

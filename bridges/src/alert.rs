@@ -152,6 +152,11 @@ pub struct Alert {
     /// The folder the mail was found in; `None` where `account` is.
     #[serde(default)]
     pub mailbox: Option<String>,
+    /// Whether the mail's `Received:` chain stays within `[trust]`'s networks (or a trusted
+    /// server vouched for it): `false` means it came from outside and may be forged. `None`
+    /// without `[trust]`, and for herald's own alerts. Absent in alerts stored before it.
+    #[serde(default)]
+    pub trusted: Option<bool>,
     /// Set by a rule's `resolve = true` for mails that report recovery: sinks that track
     /// incidents (PagerDuty) close the incident with this alert's `dedup_key` instead of
     /// opening one. Absent from JSON when false, so existing consumers see no change.
@@ -258,6 +263,7 @@ impl Alert {
             truncated: false,
             account: None,
             mailbox: None,
+            trusted: None,
             resolve: false,
             group_key: None,
             repeats: None,

@@ -20,6 +20,10 @@
 //!   `@` from mail is followed by a zero-width space, so `@everyone`, `@here`, `<@id>` and
 //!   `<@&role>` do not even render as mentions. Backtick runs are broken the same way, so
 //!   mail cannot close the code block.
+//! - Mail cannot format or link: outside the code block its markdown is escaped with
+//!   backslashes (`[text](https://…)` shows as typed, not as a masked link; `# heading`,
+//!   `||spoiler||`, `**bold**`, `> quote` show as typed), and format characters (U+202E and
+//!   the other bidi controls, zero-width characters) are dropped, see [`crate::text`].
 //! - Every field is within Discord's limits (title 256, description 4096, field value 1024,
 //!   footer 2048, all embed text ≤ 6000) \[DC-MSG\]; cuts are on characters, marked `…`.
 //! - A 429's `retry_after` (JSON, float seconds) or `Retry-After` holds the next request, and
@@ -40,7 +44,7 @@ use crate::http::{self, Endpoint};
 use crate::ratelimit::{self, Rate, RateSetting};
 use crate::sink::{deserialize_duration, DeliverFuture, Fixture, SinkKind};
 use crate::template::Template;
-use crate::text::{fit_chars, one_line, ZWSP};
+use crate::text::{fit_chars, is_format, one_line, ZWSP};
 use crate::{present, Alert, Outcome, Secret, Severity, Sink, SinkError};
 
 /// `embed.title`: 256 characters \[DC-MSG\].
@@ -172,8 +176,41 @@ impl Config {
     }
 }
 
-/// Defuses mentions (`@` + zero-width space) and code fences in mail text.
-fn escape(ch: char, out: &mut String) {
+/// Makes mail text literal in Discord's markdown (titles, fields, the description): a
+/// backslash before every character that formats or links anywhere (`*`, `_`, `~`, `|` for
+/// spoilers, `[` and `]` for masked links (an escaped bracket is enough to break
+/// `[text](url)`, so parentheses stay as they are), `` ` ``, `<` for `<#channel>`, `<t:…>` and
+/// custom emoji, `\` itself) and before `#`, `>` and `-` at the start of a line (headings,
+/// quotes, lists, `-#` subtext); Discord's markdown takes a backslash before punctuation as
+/// an escape, showing the character and hiding the backslash. Mentions are defused with `@` + zero-width space (a backslash would not stop
+/// `@everyone` in every client). Stateful (it tracks the start of lines), so each text gets
+/// a fresh one.
+fn escape() -> impl FnMut(char, &mut String) {
+    let mut line_start = true;
+    move |ch, out| {
+        match ch {
+            _ if is_format(ch) => return,
+            '@' => {
+                out.push('@');
+                out.push(ZWSP);
+            }
+            '\\' | '*' | '_' | '~' | '|' | '[' | ']' | '`' | '<' => {
+                out.push('\\');
+                out.push(ch);
+            }
+            '#' | '>' | '-' if line_start => {
+                out.push('\\');
+                out.push(ch);
+            }
+            _ => out.push(ch),
+        }
+        line_start = ch == '\n' || (line_start && ch == ' ');
+    }
+}
+
+/// For the body excerpt inside a code block, where Discord renders no markdown (a backslash
+/// would show): mentions defused, backtick runs broken so mail cannot close the block.
+fn escape_code(ch: char, out: &mut String) {
     if ch == '@' {
         out.push('@');
         out.push(ZWSP);
@@ -183,7 +220,7 @@ fn escape(ch: char, out: &mut String) {
 }
 
 fn escaped(text: &str) -> String {
-    fit_chars(text, usize::MAX, escape)
+    fit_chars(text, usize::MAX, escape())
 }
 
 /// The embed colour for an alert: green for a recovery, else by severity.
@@ -207,19 +244,19 @@ pub fn payload(alert: &Alert, username: Option<&str>, template: Option<&Template
             one_line(&alert.title, usize::MAX)
         ),
         TITLE_CHARS,
-        escape,
+        escape(),
     );
     let mut used = title.chars().count();
     let mut fields = Vec::new();
     for (name, value) in present::fields(alert) {
-        let value = fit_chars(&one_line(&value, usize::MAX), FIELD_CHARS, escape);
+        let value = fit_chars(&one_line(&value, usize::MAX), FIELD_CHARS, escape());
         used += name.chars().count() + value.chars().count();
         fields.push(json!({"name": name, "value": value, "inline": name != "Command"}));
     }
     let footer = fit_chars(
         &format!("herald · {}", alert.kind.as_str()),
         FOOTER_CHARS,
-        escape,
+        escape(),
     );
     used += footer.chars().count();
     let budget = EMBED_TOTAL_CHARS
@@ -261,7 +298,7 @@ pub fn payload(alert: &Alert, username: Option<&str>, template: Option<&Template
 /// Summary, then a digest's member lines or else the excerpt in a code block (none for a
 /// recovery), within `budget` characters.
 fn default_description(alert: &Alert, budget: usize) -> String {
-    let summary = fit_chars(&alert.summary, budget.min(SUMMARY_CHARS), escape);
+    let summary = fit_chars(&alert.summary, budget.min(SUMMARY_CHARS), escape());
     with_rest(summary, budget, |room| {
         if !alert.digest.is_empty() {
             return members(alert, room);
@@ -272,7 +309,7 @@ fn default_description(alert: &Alert, budget: usize) -> String {
         if excerpt.is_empty() || alert.resolve || room <= 20 {
             return String::new();
         }
-        format!("```\n{}\n```", fit_chars(&excerpt, room, escape))
+        format!("```\n{}\n```", fit_chars(&excerpt, room, escape_code))
     })
 }
 
@@ -293,7 +330,7 @@ fn with_rest(main: String, budget: usize, rest: impl FnOnce(usize) -> String) ->
 
 /// A digest's member lines within `room` characters.
 fn members(alert: &Alert, room: usize) -> String {
-    present::digest_lines(alert, usize::MAX, room, escape)
+    present::digest_lines(alert, usize::MAX, room, escape())
         .0
         .join("\n")
 }

@@ -125,6 +125,46 @@ impl Endpoint {
     }
 }
 
+/// The `timeout` of most HTTP sinks: 10 s. A healthy API answers in well under a second; a
+/// slow one must not hold the sink's queue for long, and the attempt is retried anyway.
+pub(crate) fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// A header value that carries a secret (`Bearer …`, an API key): marked sensitive, so that
+/// neither reqwest nor hyper ever shows it; an invalid one is reported without its value.
+pub(crate) fn secret_header(
+    key: &'static str,
+    value: &str,
+) -> Result<reqwest::header::HeaderValue, SinkError> {
+    let mut header =
+        reqwest::header::HeaderValue::from_str(value).map_err(|_| SinkError::Invalid {
+            key,
+            message: "not a valid header value (control characters or non-ASCII)".into(),
+        })?;
+    header.set_sensitive(true);
+    Ok(header)
+}
+
+impl Endpoint {
+    /// POSTs `body` as JSON to `url` with `headers`: one [`Endpoint::attempt`].
+    pub async fn post_json(
+        &self,
+        url: &SecretUrl,
+        headers: &HeaderMap,
+        body: &serde_json::Value,
+        classify: Classify,
+    ) -> Outcome {
+        let request = self
+            .client
+            .post(url.0.clone())
+            .headers(headers.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(body).unwrap_or_default());
+        self.attempt(request, classify).await
+    }
+}
+
 /// A URL that is a credential (Slack and Discord webhooks, a webhook with a token): its
 /// `Debug` is redacted, so a sink value can be debug-printed safely.
 #[derive(Clone)]
@@ -193,10 +233,20 @@ pub(crate) fn secs_f64(value: f64) -> Option<Duration> {
 /// 408, 429 and 5xx except 501 retried, after `Retry-After` when given; every other status
 /// rejected.
 pub(crate) fn classify_status(status: StatusCode, headers: &HeaderMap, body: &str) -> Outcome {
+    classify_status_saying(status, headers, &excerpt(body))
+}
+
+/// [`classify_status`] with the reason's detail given (an API's own error message, already on
+/// one line and bounded) instead of the body's excerpt.
+pub(crate) fn classify_status_saying(
+    status: StatusCode,
+    headers: &HeaderMap,
+    detail: &str,
+) -> Outcome {
     if status.is_success() {
         return Outcome::Delivered;
     }
-    let reason = format!("HTTP {}: {}", status.as_u16(), excerpt(body));
+    let reason = format!("HTTP {}: {detail}", status.as_u16());
     let transient = status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
         || (status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED);
@@ -207,6 +257,24 @@ pub(crate) fn classify_status(status: StatusCode, headers: &HeaderMap, body: &st
         }
     } else {
         Outcome::Rejected { reason }
+    }
+}
+
+/// [`classify_status_saying`], where a retry waits for `hint` when the API named a delay in
+/// its body (Telegram's `parameters.retry_after`, Matrix's `retry_after_ms`), else for
+/// `Retry-After`.
+pub(crate) fn classify_hinted(
+    status: StatusCode,
+    headers: &HeaderMap,
+    detail: &str,
+    hint: Option<Duration>,
+) -> Outcome {
+    match classify_status_saying(status, headers, detail) {
+        Outcome::Retry { after, reason } => Outcome::Retry {
+            after: hint.or(after),
+            reason,
+        },
+        other => other,
     }
 }
 
@@ -332,27 +400,19 @@ mod paused_clock {
     async fn every_sink_waits_out_retry_after() {
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, HeaderValue::from_static("7"));
-        let twilio = |s: StatusCode, h: &HeaderMap, b: &str| match crate::twilio::classify(s, h, b)
-        {
-            crate::twilio::Verdict::Final(outcome) => outcome,
-            crate::twilio::Verdict::Ambiguous(reason) => Outcome::Rejected { reason },
-        };
-        let classifiers: [(&str, Classify); 6] = [
+        let classifiers: [(&str, Classify); 7] = [
             ("default", classify_status),
             ("slack webhook", crate::slack::classify_webhook),
             ("slack api", crate::slack::classify_api),
             ("discord", crate::discord::classify),
             ("pagerduty", crate::pagerduty::classify),
             ("webhook", crate::webhook::classify),
+            ("twilio", crate::twilio::classify),
         ];
-        let mut all: Vec<(&str, Outcome)> = classifiers
+        let all: Vec<(&str, Outcome)> = classifiers
             .iter()
             .map(|(name, classify)| (*name, classify(StatusCode::TOO_MANY_REQUESTS, &headers, "")))
             .collect();
-        all.push((
-            "twilio",
-            twilio(StatusCode::TOO_MANY_REQUESTS, &headers, ""),
-        ));
         for (name, outcome) in all {
             let endpoint = Endpoint::new(Duration::from_secs(10), None).unwrap();
             endpoint.honour(StatusCode::TOO_MANY_REQUESTS, &outcome);

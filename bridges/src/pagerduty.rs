@@ -40,7 +40,7 @@ use crate::http::{self, Endpoint};
 use crate::ratelimit::{self, Rate, RateSetting};
 use crate::sink::{deserialize_duration, DeliverFuture, Fixture, SinkKind};
 use crate::template::Template;
-use crate::text::{fit_chars, no_escape, one_line};
+use crate::text::{fit_chars, no_escape, one_line, strip_format};
 use crate::{present, Alert, Outcome, Secret, Severity, Sink, SinkError};
 
 /// The Events API v2 endpoint \[PD-TRIG\]; the EU one is `https://events.eu.pagerduty.com/v2/enqueue`
@@ -231,7 +231,8 @@ pub fn payload(alert: &Alert, routing_key: &str, template: Option<&Template>) ->
         ("message_id", &alert.message_id),
     ] {
         if let Some(value) = value {
-            details.insert(name.into(), json!(value));
+            // Shown in PagerDuty's UI: no bidi override or zero-width character from mail.
+            details.insert(name.into(), json!(strip_format(value)));
         }
     }
     if let Some(failed) = alert.failed {
@@ -240,8 +241,8 @@ pub fn payload(alert: &Alert, routing_key: &str, template: Option<&Template>) ->
     if let Some(status) = alert.exit_status {
         details.insert("exit_status".into(), json!(status));
     }
-    details.insert("subject".into(), json!(alert.subject));
-    details.insert("summary".into(), json!(alert.summary));
+    details.insert("subject".into(), json!(strip_format(&alert.subject)));
+    details.insert("summary".into(), json!(strip_format(&alert.summary)));
     details.insert(
         "body".into(),
         json!(crate::text::first_lines(&alert.body, EXCERPT_LINES)),

@@ -12,7 +12,7 @@
 //! - a *digest* (`digest` non-empty): one line per member from [`digest_lines`], then
 //!   "… and N more" for the members not listed.
 
-use crate::text::{fit_chars, one_line};
+use crate::text::{fit_chars, no_escape, one_line};
 use crate::{Alert, Member};
 
 /// How many body lines an excerpt keeps: enough to show a cron job's error, few enough for a
@@ -198,6 +198,293 @@ fn member_line(
     line.push_str(&fit_chars(&what, room, &mut *escape));
     line.push_str(&suffix);
     line
+}
+
+/// What a plain-text push notification may hold ([`plain`]), as the service counts it.
+#[derive(Debug, Clone, Copy)]
+pub struct PlainLimits {
+    /// The title's budget.
+    pub title: usize,
+    /// The message's budget.
+    pub message: usize,
+    /// What one character costs: 1 where the service counts characters ([`per_char`]), its
+    /// UTF-8 length where it counts bytes ([`utf8_bytes`]).
+    pub cost: fn(char) -> usize,
+}
+
+/// A budget counted in characters.
+pub fn per_char(_: char) -> usize {
+    1
+}
+
+/// A budget counted in UTF-8 bytes.
+pub fn utf8_bytes(ch: char) -> usize {
+    ch.len_utf8()
+}
+
+/// A budget counted in UTF-16 code units (Telegram counts its 4,096 so: an emoji outside the
+/// Basic Multilingual Plane costs two).
+pub fn utf16_units(ch: char) -> usize {
+    ch.len_utf16()
+}
+
+/// A budget counted in bytes of a JSON string: what the character takes once serialized
+/// (`"` and `\` are escaped to two bytes, control characters to up to six).
+pub fn json_bytes(ch: char) -> usize {
+    match ch {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if c.is_control() && u32::from(c) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// Escapes HTML's special characters (`&`, `<`, `>`, `"`) for [`crate::text::fit`]: the
+/// named entities every HTML consumer knows, and the only four Telegram's HTML mode takes
+/// (core.telegram.org/bots/api#html-style).
+pub fn html_escape(ch: char, out: &mut String) {
+    match ch {
+        '&' => out.push_str("&amp;"),
+        '<' => out.push_str("&lt;"),
+        '>' => out.push_str("&gt;"),
+        '"' => out.push_str("&quot;"),
+        _ => out.push(ch),
+    }
+}
+
+/// What an HTML message ([`html`]) may take, in the service's unit (`cost`).
+#[derive(Debug, Clone, Copy)]
+pub struct HtmlLimits {
+    /// The whole message, markup included.
+    pub total: usize,
+    /// The title line's text.
+    pub title: usize,
+    /// One field's value.
+    pub field: usize,
+    /// The main text (summary or template output).
+    pub main: usize,
+    /// What one character of the output costs.
+    pub cost: fn(char) -> usize,
+}
+
+/// An alert as HTML, for Telegram (`newline` = `"\n"`: it renders line feeds and knows no
+/// `<br>`) and Matrix (`"<br>"`): the title in bold, one bold-labelled line per [`fields`],
+/// the main text, then a digest's member lines or else (not on a recovery) the body's
+/// [`excerpt`] in `<pre>`. Mail text is escaped with [`html_escape`], so the only markup is
+/// ours and always balanced (cuts fall inside text, never inside a tag or an entity).
+///
+/// The main text is the `template` output (its strings arrive escaped, so it may use HTML)
+/// when it fits; a longer one is rendered again unescaped, then escaped and cut, so a cut
+/// can never leave a tag open. Without a template it is the summary.
+pub fn html(
+    alert: &Alert,
+    template: Option<&crate::template::Template>,
+    sink: &'static str,
+    limits: HtmlLimits,
+    newline: &str,
+) -> String {
+    let cost = limits.cost;
+    let units = |text: &str| text.chars().map(cost).sum::<usize>();
+    let fit = |text: &str, budget: usize| crate::text::fit(text, budget, "…", html_escape, cost);
+    let title = format!(
+        "{}: {}",
+        severity_label(alert),
+        one_line(&alert.title, usize::MAX)
+    );
+    let mut out = format!("<b>{}</b>", fit(&title, limits.title));
+    for (name, value) in fields(alert) {
+        out.push_str(&format!(
+            "{newline}<b>{name}:</b> {}",
+            fit(&value, limits.field)
+        ));
+    }
+    let gap = units(newline) * 2;
+    let room = |out: &str| limits.total.saturating_sub(units(out) + gap);
+    let budget = room(&out).min(limits.main);
+    let multiline = |ch: char, out: &mut String| match ch {
+        '\n' => out.push_str(newline),
+        _ => html_escape(ch, out),
+    };
+    let escaped = |text: &str| crate::text::fit(text, usize::MAX, "…", html_escape, cost);
+    let templated = template
+        .and_then(|t| t.render_or_default(sink, alert, &escaped))
+        .filter(|text| !text.trim().is_empty());
+    let main = match (templated, template) {
+        (Some(text), _) if units(&text) <= budget => text,
+        (Some(_), Some(t)) => {
+            let raw = t.render(alert, &|s| s.to_owned()).unwrap_or_default();
+            let raw = crate::text::first_lines(&raw, usize::MAX);
+            crate::text::fit(&raw, budget, "…", multiline, cost)
+        }
+        _ => {
+            let summary = crate::text::first_lines(&alert.summary, EXCERPT_LINES);
+            crate::text::fit(&summary, budget, "…", multiline, cost)
+        }
+    };
+    if !main.trim().is_empty() {
+        out.push_str(&format!("{newline}{newline}{main}"));
+    }
+    let room = room(&out);
+    let rest = if !alert.digest.is_empty() {
+        digest_within(alert, room, html_escape, cost).join(newline)
+    } else if alert.resolve || room <= 32 {
+        String::new()
+    } else {
+        // `<pre>` and `</pre>`.
+        let inner = crate::text::fit(&excerpt(alert), room - 11, "…", html_escape, cost);
+        if inner.trim().is_empty() {
+            String::new()
+        } else {
+            format!("<pre>{inner}</pre>")
+        }
+    };
+    if !rest.is_empty() {
+        out.push_str(&format!("{newline}{newline}{rest}"));
+    }
+    out
+}
+
+/// [`digest_lines`] escaped by `escape` within `room` as `cost` counts (a line feed between
+/// lines counted as one unit): where a unit is not a character, fewer members are listed
+/// until the lines fit (the last line still counts the rest).
+pub fn digest_within(
+    alert: &Alert,
+    room: usize,
+    mut escape: impl FnMut(char, &mut String),
+    cost: fn(char) -> usize,
+) -> Vec<String> {
+    let mut max_lines = alert.digest.len() + 1;
+    loop {
+        let (lines, _) = digest_lines(alert, max_lines, room, &mut escape);
+        let used: usize = lines
+            .iter()
+            .map(|l| l.chars().map(cost).sum::<usize>() + 1)
+            .sum();
+        if lines.is_empty() || used <= room + 1 {
+            return lines;
+        }
+        max_lines = lines.len() - 1;
+    }
+}
+
+/// A push notification in plain text: what ntfy, Gotify and Pushover show, a title and a
+/// message, with no markup parsed (so mail text needs no escaping, only flattening).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plain {
+    /// `WARNING: <title>` on one line ([`severity_label`]: `RESOLVED` on a recovery).
+    pub title: String,
+    /// Never empty; see [`plain`].
+    pub message: String,
+}
+
+/// The plain-text notification for `alert`, within `limits`. The message is, in order of
+/// usefulness (a cut drops from the end): the sink's `template` output or the summary (or
+/// the title, so the message is never empty), a digest's member lines with "… and N more",
+/// the labelled [`fields`] one per line, and for an ordinary problem (not a digest, not a
+/// recovery) the body's [`excerpt`]. A digest's summary takes at most half the message, so
+/// its list always shows (or counts) every problem. Parts are separated by a blank line; every line is
+/// free of control characters; cuts end with [`crate::text::ELLIPSIS`].
+pub fn plain(
+    alert: &Alert,
+    template: Option<&crate::template::Template>,
+    sink: &'static str,
+    limits: PlainLimits,
+) -> Plain {
+    let cost = limits.cost;
+    let label = severity_label(alert);
+    let title = format!("{label}: {}", one_line(&alert.title, usize::MAX));
+    let title = crate::text::fit(&title, limits.title, "…", no_escape, cost);
+    let main = template
+        .and_then(|t| t.render_or_default(sink, alert, &|s| s.to_owned()))
+        .filter(|text| !text.trim().is_empty())
+        .unwrap_or_else(|| alert.summary.clone());
+    let main = [
+        crate::text::first_lines(&main, EXCERPT_LINES),
+        one_line(&alert.title, usize::MAX),
+        label,
+    ]
+    .into_iter()
+    .find(|text| !text.is_empty())
+    .unwrap_or_default();
+    let mut message = Parts::new(limits.message, cost);
+    // A digest's list needs room: its summary may take half the message at most.
+    let main_budget = if alert.digest.is_empty() {
+        limits.message
+    } else {
+        limits.message / 2
+    };
+    message.push(&crate::text::fit(&main, main_budget, "…", no_escape, cost));
+    if !alert.digest.is_empty() {
+        let room = message.room();
+        let mut max_lines = alert.digest.len() + 1;
+        // `digest_lines` counts characters; where the budget is bytes, list fewer members
+        // until the lines fit (the "more" line still counts the rest).
+        loop {
+            let (lines, _) = digest_lines(alert, max_lines, room, no_escape);
+            let text = lines.join("\n");
+            if lines.is_empty() || text.chars().map(cost).sum::<usize>() <= room {
+                message.push(&text);
+                break;
+            }
+            max_lines = lines.len() - 1;
+        }
+    }
+    let fields: Vec<String> = fields(alert)
+        .into_iter()
+        .map(|(name, value)| format!("{name}: {value}"))
+        .collect();
+    message.push(&fields.join("\n"));
+    if alert.digest.is_empty() && !alert.resolve {
+        message.push(&excerpt(alert));
+    }
+    Plain {
+        title,
+        message: message.text,
+    }
+}
+
+/// Text parts joined by a blank line within a budget.
+struct Parts {
+    text: String,
+    used: usize,
+    budget: usize,
+    cost: fn(char) -> usize,
+}
+
+/// Between two parts.
+const PART_SEPARATOR: &str = "\n\n";
+
+impl Parts {
+    fn new(budget: usize, cost: fn(char) -> usize) -> Parts {
+        Parts {
+            text: String::new(),
+            used: 0,
+            budget,
+            cost,
+        }
+    }
+
+    /// What the next part may cost, its separator paid.
+    fn room(&self) -> usize {
+        let separator = if self.text.is_empty() {
+            0
+        } else {
+            PART_SEPARATOR.chars().map(self.cost).sum()
+        };
+        self.budget.saturating_sub(self.used + separator)
+    }
+
+    /// Appends `part`, cut to the room left; an empty part (or no room) adds nothing.
+    fn push(&mut self, part: &str) {
+        let part = crate::text::fit(part, self.room(), "…", no_escape, self.cost);
+        if part.trim().is_empty() {
+            return;
+        }
+        if !self.text.is_empty() {
+            self.text.push_str(PART_SEPARATOR);
+        }
+        self.text.push_str(&part);
+        self.used = self.text.chars().map(self.cost).sum();
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use serde::de::{Deserialize, DeserializeOwned, Deserializer, Error as _};
 
-use crate::{console, discord, irc, pagerduty, slack, twilio, webhook, Alert};
+use crate::{
+    console, discord, exec, gotify, irc, matrix, ntfy, opsgenie, pagerduty, pushover, slack, teams,
+    telegram, twilio, webhook, Alert,
+};
 
 /// What one delivery attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,6 +263,22 @@ registry! {
     Twilio(twilio::Config),
     /// Posts to IRC channels over one persistent connection, one delivery per channel.
     Irc(irc::Config),
+    /// Runs a command with the alert on stdin and in `HERALD_*` variables.
+    Exec(exec::Config),
+    /// Publishes to an ntfy topic.
+    Ntfy(ntfy::Config),
+    /// Pushes to a Gotify application.
+    Gotify(gotify::Config),
+    /// Sends Pushover notifications (emergencies optional).
+    Pushover(pushover::Config),
+    /// Sends Telegram messages through a bot.
+    Telegram(telegram::Config),
+    /// Sends Matrix room messages, idempotent per alert.
+    Matrix(matrix::Config),
+    /// Posts Adaptive Cards to a Microsoft Teams Workflows webhook.
+    Teams(teams::Config),
+    /// Creates and closes Opsgenie alerts, one per group.
+    Opsgenie(opsgenie::Config),
 }
 
 /// Deserializes an optional humane duration (see [`deserialize_duration`]).

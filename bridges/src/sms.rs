@@ -74,7 +74,9 @@ pub fn normalize(text: &str, encoding: Encoding) -> String {
             '\u{2026}' => out.push_str("..."),
             '\u{2022}' => out.push('*'),
             'ç' => out.push('Ç'),
-            _ if is_emoji(ch) || ch == '\u{200B}' => {}
+            // Invisible format characters (bidi overrides, zero-width spaces) carry nothing
+            // an SMS can show and cost a UCS-2 segment.
+            _ if is_emoji(ch) || crate::text::is_format(ch) => {}
             _ if ch.is_whitespace() || ch.is_control() => out.push(' '),
             _ if encoding == Encoding::Gsm7 && !is_gsm(ch) => out.push('?'),
             _ => out.push(ch),

@@ -1,6 +1,14 @@
 //! Text helpers shared by sinks: mail content is hostile, so what reaches a one-line medium
 //! has no control characters, and every cut falls on a character boundary.
 //!
+//! Invisible format characters ([`is_format`]: Unicode's category Cf — bidi overrides and
+//! isolates such as U+202E, zero-width spaces and joiners, the BOM, soft hyphens) are dropped
+//! from mail text wherever it is one-lined ([`one_line`]), cut into lines ([`first_lines`]) or
+//! escaped ([`escape_backticks`], the sinks' own escapes): a U+202E in a subject would
+//! otherwise show `exe.doc` as `cod.exe` in every chat, and a zero-width space could hide a
+//! word from a reader or a filter. Only herald's own [`ZWSP`], inserted after escaping, reaches
+//! a sink.
+//!
 //! Guarantees: no function here panics on any input; every cut keeps the start of the text
 //! (the most useful part), falls between two characters and is marked with [`ELLIPSIS`] (or
 //! the caller's marker); [`fit`] never splits an escape sequence produced by its `escape`
@@ -9,14 +17,50 @@
 /// The marker appended where text was cut.
 pub const ELLIPSIS: char = '…';
 
+/// Whether `ch` is an invisible format character (Unicode general category Cf, as of Unicode
+/// 16): dropped from mail text, never replaced by a space (a soft hyphen or zero-width space
+/// sits inside a word).
+pub fn is_format(ch: char) -> bool {
+    matches!(ch,
+        '\u{AD}'
+        | '\u{600}'..='\u{605}'
+        | '\u{61C}'
+        | '\u{6DD}'
+        | '\u{70F}'
+        | '\u{890}'..='\u{891}'
+        | '\u{8E2}'
+        | '\u{180E}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{206F}'
+        | '\u{FEFF}'
+        | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{110BD}'
+        | '\u{110CD}'
+        | '\u{13430}'..='\u{1343F}'
+        | '\u{1BCA0}'..='\u{1BCA3}'
+        | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0001}'
+        | '\u{E0020}'..='\u{E007F}')
+}
+
+/// `text` without [`is_format`] characters.
+pub fn strip_format(text: &str) -> String {
+    text.chars().filter(|&ch| !is_format(ch)).collect()
+}
+
 /// `text` on one line: CR, LF, tabs and every other control character become a space, runs of
-/// spaces fold to one, and the result is at most `max_chars` characters (with [`ELLIPSIS`]
-/// as the last one when cut).
+/// spaces fold to one, format characters ([`is_format`]) are dropped, and the result is at
+/// most `max_chars` characters (with [`ELLIPSIS`] as the last one when cut).
 pub fn one_line(text: &str, max_chars: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max_chars.saturating_mul(4)));
     let mut count = 0;
     let mut pending_space = false;
     for ch in text.chars() {
+        if is_format(ch) {
+            continue;
+        }
         if ch.is_control() || ch.is_whitespace() {
             pending_space = count > 0;
             continue;
@@ -112,7 +156,8 @@ pub fn no_escape(ch: char, out: &mut String) {
 }
 
 /// The first `max_lines` lines of `body`, for a code block: CRLF and CR become LF, tabs become
-/// four spaces, every other control character is dropped, trailing spaces and blank lines are
+/// four spaces, every other control character and format character is dropped, trailing
+/// spaces and blank lines are
 /// removed. When lines were left out, a last line says how many.
 pub fn first_lines(body: &str, max_lines: usize) -> String {
     let normalized = body.replace("\r\n", "\n").replace('\r', "\n");
@@ -127,7 +172,7 @@ pub fn first_lines(body: &str, max_lines: usize) -> String {
         for ch in line.chars() {
             if ch == '\t' {
                 clean.push_str("    ");
-            } else if !ch.is_control() {
+            } else if !ch.is_control() && !is_format(ch) {
                 clean.push(ch);
             }
         }
@@ -145,8 +190,12 @@ pub fn first_lines(body: &str, max_lines: usize) -> String {
 }
 
 /// Breaks every run of backticks with [`ZWSP`] so that text placed in a Markdown code block
-/// can never close it (or open another): "```" becomes "`\u{200B}`\u{200B}`".
+/// can never close it (or open another): "```" becomes "`\u{200B}`\u{200B}`". Drops format
+/// characters, so the only ZWSPs in the result are these.
 pub fn escape_backticks(ch: char, out: &mut String) {
+    if is_format(ch) {
+        return;
+    }
     out.push(ch);
     if ch == '`' {
         out.push(ZWSP);
@@ -185,6 +234,20 @@ mod tests {
         let out = fit_chars("```x```", 100, escape_backticks);
         assert!(!out.contains("``"));
         assert_eq!(out.replace(ZWSP, ""), "```x```");
+    }
+
+    #[test]
+    fn format_characters_are_dropped_where_mail_text_is_shaped() {
+        let hostile = "a\u{202E}b\u{200B}c\u{FEFF}d\u{AD}e\u{2066}f\u{E0041}g";
+        assert_eq!(one_line(hostile, 100), "abcdefg");
+        assert_eq!(first_lines(hostile, 5), "abcdefg");
+        assert_eq!(strip_format(hostile), "abcdefg");
+        // Only herald's own zero-width spaces survive the escape.
+        assert_eq!(
+            fit_chars("`\u{200B}`", 100, escape_backticks),
+            "`\u{200B}`\u{200B}"
+        );
+        assert!(!is_format('a') && !is_format(' ') && !is_format('é'));
     }
 
     #[test]

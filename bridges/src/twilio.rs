@@ -9,12 +9,15 @@
 //!
 //! # Retries and duplicates
 //!
-//! Creating a message is not idempotent: a request that timed out or got a 5xx may still have
-//! sent the SMS. So this sink remembers, per (alert, recipient), ambiguous failures it has
-//! answered with `Retry`: the first is retried once (with a WARN "possible duplicate"); a
-//! second is rejected. A failure that provably never reached Twilio (connection refused, DNS,
-//! TLS, and 20429/429 "request not processed" \[TW-20429\]) is retried freely. The memory is per
-//! process (a crash resends at most once more, as G3 allows) and bounded.
+//! Like every HTTP sink (reference/sinks.md, cross-sink rules): 429 / 20429 and 408 are
+//! retried after `Retry-After`; 5xx (but 501) and connection failures are retried with
+//! herald's backoff until the sink's `max_age`; other 4xx are rejected with Twilio's error
+//! code (21211 invalid number, 21610 STOP, … \[TW-CHG\]: unknown 4xx codes are permanent).
+//! A 503 or a refused connection means the request was not processed. A 500, 502, 504 or a
+//! connection lost mid-request may have created the Message anyway: it is retried too — a
+//! possible duplicate SMS beats a page that never comes — with a WARN "possible duplicate".
+//! (herald 0.1 dead-lettered the SMS after a second such failure, so two 503s a few seconds
+//! apart during a Twilio incident lost the page.)
 //!
 //! # Dispatch's notifications
 //!
@@ -30,11 +33,7 @@
 //! the auth token / API key secret travels only in the `Authorization` header and never in an
 //! outcome, log line or [`Config::render`] output.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::STANDARD;
@@ -44,7 +43,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::http::{self, Endpoint, TransportFailure};
+use crate::http::{self, Endpoint};
 use crate::ratelimit::{self, RateSetting};
 use crate::sink::{
     deserialize_duration, deserialize_optional_duration, DeliverFuture, Fixture, SinkKind,
@@ -65,9 +64,6 @@ pub const MAX_CHARS: usize = 1600;
 pub const MIN_CHARS: usize = 40;
 /// `ValidityPeriod`: 1–36,000 s \[TW-OAI\].
 pub const MAX_VALIDITY: Duration = Duration::from_secs(36_000);
-/// How many (alert, recipient) ambiguous-failure records are kept: far more than a queue
-/// holds in flight; past it the oldest knowledge is dropped (worst case: one extra retry).
-const MAX_TRACKED: usize = 10_000;
 
 /// `type = "twilio"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -367,15 +363,6 @@ pub fn text(
     sms::fit(&sms::normalize(&raw, encoding), max_units)
 }
 
-/// What a Twilio answer means, before the duplicate policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Delivered, rejected, or a retry that cannot duplicate (the request was not processed).
-    Final(Outcome),
-    /// The message may or may not have been created (5xx, timeout, connection lost mid-way).
-    Ambiguous(String),
-}
-
 /// Twilio error codes that need the operator, with what to tell them \[TW-20003\], \[TW-21211\],
 /// \[TW-21608\], \[TW-21610\].
 fn hint(code: i64) -> Option<&'static str> {
@@ -389,10 +376,11 @@ fn hint(code: i64) -> Option<&'static str> {
 }
 
 /// Classifies a create-Message answer \[TW-OAI\], \[TW-ERRJSON\]: 2xx delivered (unless the
-/// Message is already `failed`); 429 / code 20429 retried safely (not processed \[TW-20429\]);
-/// 5xx except 501 ambiguous; every other status rejected, with Twilio's `code`, `message`
-/// and `more_info` (unknown 4xx codes are permanent \[TW-CHG\]).
-pub fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> Verdict {
+/// Message is already `failed`); 429 / code 20429 and 408 retried after `Retry-After` (not
+/// processed \[TW-20429\]); 5xx except 501 retried with backoff; every other status
+/// rejected, with Twilio's `code`, `message` and `more_info` (unknown 4xx codes are
+/// permanent \[TW-CHG\]).
+pub fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> Outcome {
     #[derive(Deserialize, Default)]
     struct Answer {
         #[serde(default)]
@@ -411,11 +399,11 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> Verdict 
         let state = answer.status.as_ref().and_then(Value::as_str).unwrap_or("");
         if matches!(state, "failed" | "undelivered" | "canceled") {
             let code = answer.error_code.map(|c| c.to_string()).unwrap_or_default();
-            return Verdict::Final(Outcome::Rejected {
+            return Outcome::Rejected {
                 reason: format!("message {state} at once (error code {code})"),
-            });
+            };
         }
-        return Verdict::Final(Outcome::Delivered);
+        return Outcome::Delivered;
     }
     let mut reason = format!("HTTP {}", status.as_u16());
     match (&answer.code, &answer.message) {
@@ -435,57 +423,29 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> Verdict 
             reason.push_str(&format!(": {}", http::excerpt(body)));
         }
     }
-    if status == StatusCode::TOO_MANY_REQUESTS || answer.code == Some(20429) {
-        return Verdict::Final(Outcome::Retry {
-            after: http::retry_after(headers, SystemTime::now()),
-            reason,
-        });
-    }
-    if status == StatusCode::REQUEST_TIMEOUT {
+    let transient = status == StatusCode::TOO_MANY_REQUESTS
+        || answer.code == Some(20429)
         // The server gave up waiting for our request: nothing was processed.
-        return Verdict::Final(Outcome::Retry {
+        || status == StatusCode::REQUEST_TIMEOUT
+        || (status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED);
+    if transient {
+        if may_have_sent(status) {
+            reason.push_str(" (the SMS may have been sent: retrying anyway)");
+        }
+        return Outcome::Retry {
             after: http::retry_after(headers, SystemTime::now()),
             reason,
-        });
+        };
     }
-    if status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED {
-        return Verdict::Ambiguous(reason);
-    }
-    Verdict::Final(Outcome::Rejected { reason })
+    Outcome::Rejected { reason }
 }
 
-/// The verdict for a request that got no answer.
-pub(crate) fn transport_verdict(failure: TransportFailure) -> Verdict {
-    if failure.never_sent {
-        Verdict::Final(failure.into_outcome())
-    } else {
-        Verdict::Ambiguous(failure.reason)
-    }
-}
-
-/// The duplicate policy: an ambiguous failure is retried only if no earlier attempt of the
-/// same (alert, recipient) was ambiguous. Returns the outcome and whether this attempt counts
-/// as ambiguous.
-pub fn decide(verdict: Verdict, prior_ambiguous: u32) -> (Outcome, bool) {
-    match verdict {
-        Verdict::Final(outcome) => (outcome, false),
-        Verdict::Ambiguous(reason) if prior_ambiguous == 0 => (
-            Outcome::Retry {
-                after: None,
-                reason: format!("{reason} (the SMS may have been sent; retrying once)"),
-            },
-            true,
-        ),
-        Verdict::Ambiguous(reason) => (
-            Outcome::Rejected {
-                reason: format!(
-                    "{reason} (a second ambiguous failure: not retried again, to avoid \
-                     sending the SMS twice)"
-                ),
-            },
-            true,
-        ),
-    }
+/// Whether an error status leaves open that the Message was created: a 5xx other than 503
+/// (Service Unavailable: not processed) and 501 (never retried).
+fn may_have_sent(status: StatusCode) -> bool {
+    status.is_server_error()
+        && status != StatusCode::SERVICE_UNAVAILABLE
+        && status != StatusCode::NOT_IMPLEMENTED
 }
 
 /// Sends alerts by SMS, one request per recipient.
@@ -494,8 +454,6 @@ pub struct Twilio {
     config: Config,
     endpoint: Endpoint,
     url: reqwest::Url,
-    /// Ambiguous failures already answered with `Retry`, per (alert, recipient) digest.
-    ambiguous: Mutex<HashMap<u64, u32>>,
 }
 
 impl Twilio {
@@ -507,17 +465,7 @@ impl Twilio {
             config: config.clone(),
             endpoint: Endpoint::new(config.timeout, rate)?,
             url: config.messages_url()?,
-            ambiguous: Mutex::new(HashMap::new()),
         })
-    }
-
-    fn attempt_key(alert: &Alert, target: &str) -> u64 {
-        let mut hasher = DefaultHasher::new();
-        serde_json::to_string(alert)
-            .unwrap_or_default()
-            .hash(&mut hasher);
-        target.hash(&mut hasher);
-        hasher.finish()
     }
 
     async fn send(&self, alert: &Alert, to: &str) -> Outcome {
@@ -545,35 +493,25 @@ impl Twilio {
             .basic_auth(user, Some(password.expose()))
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(form);
-        let verdict = match self.endpoint.exchange(request).await {
+        let (outcome, maybe_sent) = match self.endpoint.exchange(request).await {
             Ok(answer) => {
-                let verdict = classify(answer.status, &answer.headers, &answer.body);
-                if let Verdict::Final(outcome) = &verdict {
-                    self.endpoint.honour(answer.status, outcome);
-                }
-                verdict
+                let outcome = classify(answer.status, &answer.headers, &answer.body);
+                self.endpoint.honour(answer.status, &outcome);
+                (outcome, may_have_sent(answer.status))
             }
-            Err(failure) => transport_verdict(failure),
+            Err(failure) => (
+                Outcome::Retry {
+                    after: None,
+                    reason: failure.reason,
+                },
+                !failure.never_sent,
+            ),
         };
-        let key = Self::attempt_key(alert, to);
-        let mut seen = self.ambiguous.lock().unwrap_or_else(|p| p.into_inner());
-        let prior = seen.get(&key).copied().unwrap_or(0);
-        let (outcome, ambiguous) = decide(verdict, prior);
-        match &outcome {
-            Outcome::Retry { .. } if ambiguous => {
-                tracing::warn!(
-                    sink = "twilio",
-                    "Ambiguous failure, retrying once: possible duplicate SMS."
-                );
-                if seen.len() >= MAX_TRACKED {
-                    seen.clear();
-                }
-                seen.insert(key, prior + 1);
-            }
-            Outcome::Retry { .. } => {}
-            Outcome::Delivered | Outcome::Rejected { .. } => {
-                seen.remove(&key);
-            }
+        if maybe_sent && matches!(outcome, Outcome::Retry { .. }) {
+            tracing::warn!(
+                sink = "twilio",
+                "The SMS may have been sent before the failure; retrying: possible duplicate SMS."
+            );
         }
         outcome
     }
@@ -677,43 +615,25 @@ mod tests {
     }
 
     #[test]
-    fn ambiguous_failures_are_retried_at_most_once() {
-        // The table G3 asks for: every verdict × how many ambiguous retries came before.
-        let retry = |after| Outcome::Retry {
-            after,
-            reason: "r".into(),
-        };
-        for prior in 0..4u32 {
-            let (o, counted) = decide(Verdict::Ambiguous("5xx".into()), prior);
-            if prior == 0 {
-                assert!(matches!(o, Outcome::Retry { .. }) && counted);
-            } else {
-                assert!(
-                    matches!(o, Outcome::Rejected { .. }) && counted,
-                    "prior {prior}"
-                );
-            }
-            let (o, counted) = decide(Verdict::Final(retry(None)), prior);
-            assert!(
-                matches!(o, Outcome::Retry { .. }) && !counted,
-                "safe retries are free"
+    fn server_errors_are_retried_and_flagged_when_the_sms_may_exist() {
+        let h = HeaderMap::new();
+        for code in [500u16, 502, 503, 504, 599] {
+            let status = StatusCode::from_u16(code).expect("status");
+            let outcome = classify(status, &h, "");
+            let Outcome::Retry { after, reason } = outcome else {
+                panic!("{code}: {outcome:?}");
+            };
+            assert_eq!(
+                after, None,
+                "{code}: herald's backoff, no Retry-After given"
             );
-            let (o, _) = decide(Verdict::Final(Outcome::Delivered), prior);
-            assert_eq!(o, Outcome::Delivered);
+            // 503 is "not processed"; the others may have created the Message.
+            assert_eq!(reason.contains("may have been sent"), code != 503, "{code}");
         }
-        let never_sent = TransportFailure {
-            never_sent: true,
-            reason: "refused".into(),
-        };
         assert!(matches!(
-            transport_verdict(never_sent),
-            Verdict::Final(Outcome::Retry { .. })
+            classify(StatusCode::NOT_IMPLEMENTED, &h, ""),
+            Outcome::Rejected { .. }
         ));
-        let lost = TransportFailure {
-            never_sent: false,
-            reason: "timed out".into(),
-        };
-        assert!(matches!(transport_verdict(lost), Verdict::Ambiguous(_)));
     }
 
     #[test]
@@ -729,22 +649,22 @@ mod tests {
             assert!(
                 matches!(
                     classify(bad, &h, &body(code, 400)),
-                    Verdict::Final(Outcome::Rejected { .. })
+                    Outcome::Rejected { .. }
                 ),
                 "{code}"
             );
         }
         assert!(matches!(
             classify(StatusCode::TOO_MANY_REQUESTS, &h, &body(20429, 429)),
-            Verdict::Final(Outcome::Retry { .. })
+            Outcome::Retry { .. }
         ));
         assert!(matches!(
             classify(StatusCode::UNAUTHORIZED, &h, &body(20003, 401)),
-            Verdict::Final(Outcome::Rejected { reason }) if reason.contains("region")
+            Outcome::Rejected { reason } if reason.contains("region")
         ));
         assert!(matches!(
             classify(StatusCode::BAD_GATEWAY, &h, ""),
-            Verdict::Ambiguous(_)
+            Outcome::Retry { .. }
         ));
         assert_eq!(
             classify(
@@ -752,7 +672,7 @@ mod tests {
                 &h,
                 r#"{"sid":"SM1","status":"queued"}"#
             ),
-            Verdict::Final(Outcome::Delivered)
+            Outcome::Delivered
         );
     }
 

@@ -51,6 +51,7 @@ mod smartd;
 mod sudo;
 mod systemd;
 mod text;
+pub mod trust;
 mod zed;
 
 use std::collections::BTreeMap;
@@ -423,6 +424,7 @@ pub fn classify(message: &Message) -> Alert {
         truncated: message.truncated,
         account: None,
         mailbox: None,
+        trusted: None,
         resolve: false,
         group_key: None,
         repeats: None,

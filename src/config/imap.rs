@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use herald_bridges::sink::deserialize_duration;
+use herald_bridges::tls::Fingerprint;
 use herald_bridges::Secret;
 use serde::de::{Deserialize, Deserializer, Error as _};
 use toml::de::{DeTable, DeValue};
@@ -90,8 +91,12 @@ pub struct ImapConfig {
     /// `implicit`, `starttls` or `none`.
     #[serde(default = "default_tls")]
     pub tls: Spanned<TlsMode>,
-    /// An extra trust root (PEM), added to the platform's.
+    /// An extra trust root (PEM), added to the platform's; a certificate in it is also
+    /// accepted as the server's own when presented exactly (a self-signed one).
     pub ca_file: Option<PathBuf>,
+    /// `"sha256:HEX"`: accept only the server certificate with this SHA-256 (see
+    /// `herald_bridges::tls`).
+    pub tls_fingerprint: Option<Spanned<Fingerprint>>,
     /// Permits `tls = "none"` to a non-loopback host.
     #[serde(default)]
     pub allow_plaintext: bool,
@@ -322,8 +327,15 @@ impl Context<'_> {
         Ok(folders)
     }
 
-    /// Plaintext IMAP only to loopback, unless the user insists.
+    /// Plaintext IMAP only to loopback, unless the user insists; a pin only with TLS.
     fn check_tls(&self, key: &str, imap: &ImapConfig) -> Result<(), ConfigError> {
+        if let (TlsMode::None, Some(pin)) = (imap.tls.get_ref(), &imap.tls_fingerprint) {
+            return Err(self.error(
+                pin.span(),
+                &format!("{key}.tls_fingerprint"),
+                "only applies with tls = \"implicit\" or \"starttls\"",
+            ));
+        }
         if *imap.tls.get_ref() == TlsMode::None && !imap.allow_plaintext && !is_loopback(&imap.host)
         {
             return Err(self.error(
@@ -346,4 +358,43 @@ fn is_loopback(host: &str) -> bool {
             .trim_end_matches(']')
             .parse::<IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    fn parse(imap_lines: &str) -> Result<Config, crate::config::ConfigError> {
+        let text = format!(
+            "[imap]\nhost = \"127.0.0.1\"\nusername = \"a\"\npassword = \"p\"\n{imap_lines}\n\
+             [sinks.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/hook\"\n"
+        );
+        Config::parse(Path::new("herald.toml"), &text, &|_| None)
+    }
+
+    #[test]
+    fn tls_fingerprint_is_parsed_and_a_bad_one_is_located() {
+        let hex = "0A".repeat(32);
+        let config = parse(&format!("tls_fingerprint = \"sha256:{hex}\"")).unwrap();
+        let pin = config.accounts[0].imap.tls_fingerprint.as_ref().unwrap();
+        assert_eq!(pin.get_ref().to_string(), format!("sha256:{hex}"));
+        let colons = vec!["0a"; 32].join(":");
+        assert!(parse(&format!("tls_fingerprint = \"sha256:{colons}\"")).is_ok());
+
+        let error = parse("tls_fingerprint = \"sha256:ABCD\"").unwrap_err();
+        assert_eq!(error.position, Some((5, 19)), "{error}");
+        assert!(error.to_string().contains("tls_fingerprint"), "{error}");
+        assert!(error.to_string().contains("64 hex digits"), "{error}");
+
+        let error = parse(&format!(
+            "tls = \"none\"\ntls_fingerprint = \"sha256:{hex}\""
+        ))
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("only applies with tls"),
+            "{error}"
+        );
+    }
 }

@@ -20,6 +20,7 @@ mod imap;
 mod sinks;
 mod spans;
 mod substitute;
+mod trust;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,7 @@ pub use imap::{
 pub use sinks::DeliveryPolicy;
 use spans::{join_key, Context};
 use substitute::substitute_table;
+pub use trust::{Network, TrustConfig, Untrusted};
 
 /// `[state]`: where herald keeps its database.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -137,6 +139,7 @@ struct RawConfig {
     rules: Vec<RawRule>,
     #[serde(default)]
     expect: Vec<RawExpect>,
+    trust: Option<trust::RawTrust>,
 }
 
 /// A validated configuration.
@@ -166,6 +169,8 @@ pub struct Config {
     pub policies: Policies,
     /// `[[expect]]`, in order, each name once.
     pub expectations: Vec<Expectation>,
+    /// `[trust]`: which relays hand mail on as internal; `None`: no trust walk (`trusted` null).
+    pub trust: Option<TrustConfig>,
 }
 
 /// Where the configuration file is: `-c`, else `$HERALD_CONFIG`, else `./herald.toml`,
@@ -305,6 +310,7 @@ impl Context<'_> {
             }
             expectations.push(expectation);
         }
+        let trust = raw.trust.take().map(|t| t.validate(self)).transpose()?;
         Ok(Config {
             path: self.path.to_owned(),
             accounts,
@@ -318,6 +324,7 @@ impl Context<'_> {
             windows,
             policies,
             expectations,
+            trust,
         })
     }
 }

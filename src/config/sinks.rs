@@ -58,7 +58,8 @@ pub const MAX_CONCURRENCY: usize = 64;
 /// is one bucket per sink that every request waits on, so pacing still holds for the total.
 /// IRC and the console: 1. Their alerts share one connection or one stream, where two in
 /// flight would buy no speed (the IRC flood bucket and a stdout write are the bottleneck) and
-/// could interleave or swap lines that readers expect in order.
+/// could interleave or swap lines that readers expect in order. Exec: 1, since the command
+/// is the operator's own script, which may not expect to run beside itself.
 pub fn default_concurrency(config: &SinkConfig) -> usize {
     // Exhaustive on purpose: a new sink type must decide.
     match config {
@@ -66,8 +67,15 @@ pub fn default_concurrency(config: &SinkConfig) -> usize {
         | SinkConfig::Slack(_)
         | SinkConfig::Discord(_)
         | SinkConfig::PagerDuty(_)
-        | SinkConfig::Twilio(_) => 4,
-        SinkConfig::Irc(_) | SinkConfig::Console(_) => 1,
+        | SinkConfig::Twilio(_)
+        | SinkConfig::Ntfy(_)
+        | SinkConfig::Gotify(_)
+        | SinkConfig::Pushover(_)
+        | SinkConfig::Telegram(_)
+        | SinkConfig::Matrix(_)
+        | SinkConfig::Teams(_)
+        | SinkConfig::Opsgenie(_) => 4,
+        SinkConfig::Irc(_) | SinkConfig::Console(_) | SinkConfig::Exec(_) => 1,
     }
 }
 

@@ -44,6 +44,7 @@ pub(super) fn dead_letter(sink: &str, row: &Due, reason: &str) -> Alert {
         truncated: false,
         account: None,
         mailbox: None,
+        trusted: None,
         resolve: false,
         group_key: None,
         repeats: None,

@@ -667,6 +667,7 @@ fn digest(
         truncated: false,
         account: None,
         mailbox: None,
+        trusted: None,
         resolve: false,
         group_key: Some(key.to_owned()),
         repeats: None,

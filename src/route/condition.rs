@@ -37,6 +37,7 @@ pub(crate) struct RawMatch {
     body: Option<Spanned<Values>>,
     severity: Option<Spanned<Values>>,
     failed: Option<Spanned<bool>>,
+    trusted: Option<Spanned<bool>>,
     during: Option<Spanned<Values>>,
     not_during: Option<Spanned<Values>>,
     /// `header.NAME` conditions: (NAME, value), in the order written.
@@ -57,6 +58,7 @@ const MATCH_KEYS: &[&str] = &[
     "body",
     "header.NAME",
     "failed",
+    "trusted",
     "severity",
     "during",
     "not_during",
@@ -89,6 +91,10 @@ impl<'de> Deserialize<'de> for RawMatch {
                         "not_during" => &mut raw.not_during,
                         "failed" => {
                             raw.failed = Some(map.next_value()?);
+                            continue;
+                        }
+                        "trusted" => {
+                            raw.trusted = Some(map.next_value()?);
                             continue;
                         }
                         // `header.X = ...` unquoted: TOML makes it the table `header = { X = ... }`.
@@ -237,6 +243,7 @@ enum Test {
     Kind(u16),
     Severity(u8),
     Failed(bool),
+    Trusted(bool),
     Host(Patterns),
     User(Patterns),
     Command(Patterns),
@@ -270,6 +277,7 @@ impl Condition {
             Test::Kind(set) => set & kind_bit(alert.kind) != 0,
             Test::Severity(set) => set & severity_bit(alert.severity) != 0,
             Test::Failed(want) => alert.failed == Some(*want),
+            Test::Trusted(want) => alert.trusted == Some(*want),
             Test::Host(p) => alert.host.as_deref().is_some_and(|v| p.is_match(v)),
             Test::User(p) => alert.user.as_deref().is_some_and(|v| p.is_match(v)),
             Test::Command(p) => alert.command.as_deref().is_some_and(|v| p.is_match(v)),
@@ -294,6 +302,7 @@ impl Condition {
             Test::Kind(_) => "kind".into(),
             Test::Severity(_) => "severity".into(),
             Test::Failed(_) => "failed".into(),
+            Test::Trusted(_) => "trusted".into(),
             Test::Host(_) => "host".into(),
             Test::User(_) => "user".into(),
             Test::Command(_) => "command".into(),
@@ -337,6 +346,9 @@ impl Condition {
             Test::Failed(_) => alert
                 .failed
                 .map_or_else(|| "null".to_owned(), |f| f.to_string()),
+            Test::Trusted(_) => alert
+                .trusted
+                .map_or_else(|| "null".to_owned(), |t| t.to_string()),
             Test::Host(_) => quote(alert.host.as_deref()),
             Test::User(_) => quote(alert.user.as_deref()),
             Test::Command(_) => quote(alert.command.as_deref()),
@@ -464,6 +476,12 @@ impl RawMatch {
             conditions.push(Condition {
                 test: Test::Failed(*failed.get_ref()),
                 expected: failed.get_ref().to_string(),
+            });
+        }
+        if let Some(trusted) = &self.trusted {
+            conditions.push(Condition {
+                test: Test::Trusted(*trusted.get_ref()),
+                expected: trusted.get_ref().to_string(),
             });
         }
         type Build = fn(Patterns) -> Test;

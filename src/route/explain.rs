@@ -4,11 +4,14 @@
 //! Guarantees: one trace entry per rule, in order, including the rules never reached; the
 //! actual values quoted are single lines of at most [`EXPLAIN_VALUE_CHARS`] characters; a
 //! window condition (`during`, `not_during`) shows the wall-clock time it was tested at,
-//! whether it failed or held.
+//! whether it failed or held. With `[trust]`, the trust walk's hops and verdict are shown too
+//! ([`trust_json`], [`trust_text`]).
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
+
+use crate::classify::trust::Verdict;
 
 /// How much of an actual value `--explain` quotes: enough to recognise it.
 pub(super) const EXPLAIN_VALUE_CHARS: usize = 80;
@@ -54,6 +57,27 @@ pub fn explain_text(trace: &[RuleTrace]) -> String {
         }
         // Writing to a String cannot fail.
         let _ = writeln!(out, "    rule {}: {outcome}", t.rule);
+    }
+    out
+}
+
+/// Adds `"trust": {...}` (the walk's hops and verdict) to a `classify --json` object, when
+/// there was a walk.
+pub fn trust_json(object: &mut serde_json::Value, verdict: Option<&Verdict>) {
+    if let (serde_json::Value::Object(map), Some(verdict)) = (object, verdict) {
+        map.insert("trust".into(), serde_json::json!(verdict));
+    }
+}
+
+/// The trust walk for `classify --explain`: one indented line per hop, then the verdict
+/// (`    trust: hop 1 from 10.0.0.5: trusted network`); empty when there was no walk.
+pub fn trust_text(verdict: Option<&Verdict>) -> String {
+    let mut out = String::new();
+    for line in verdict.map(Verdict::explain_lines).unwrap_or_default() {
+        // Hosts come from mail: one line each, bounded.
+        let line = herald_bridges::text::one_line(&line, 4 * EXPLAIN_VALUE_CHARS);
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "    {line}");
     }
     out
 }

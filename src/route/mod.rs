@@ -30,6 +30,7 @@
 //! | `body` | `body = "No space left"` | regex finds a match in the decoded body text (its first 64 KiB) |
 //! | `header.NAME` | `"header.X-Mailer" = "^smartd"` or `header = { X-Mailer = "^smartd" }` | regex: any header called NAME (case-insensitive name) has a matching value |
 //! | `failed` | `failed = true` | the alert's `failed` equals this; an alert whose `failed` is null (not applicable) matches neither `true` nor `false` |
+//! | `trusted` | `trusted = true` | the alert's `trusted` equals this (see Trust below); null (no `[trust]`, or herald's own alert) matches neither |
 //! | `severity` | `severity = "critical"`, `severity = ["warning", "critical"]`, `severity = ">= warning"` | the alert's severity *before this rule's actions* is one of these; `>=`, `>`, `<=`, `<` compare by urgency (`info < warning < critical`) |
 //! | `during` | `during = "night"`, `during = ["night", "weekend"]` | the time the mail is routed (when it is ingested) is in any of these `[windows.NAME]` |
 //! | `not_during` | `not_during = "office-hours"` | that time is in none of these windows |
@@ -63,6 +64,18 @@
 //! `severity` and `resolve` actions; the three templates all see the same values (a `summary`
 //! template sees the title from before this rule's `title` template). The output is made one
 //! line and cut to [`TITLE_MAX_CHARS`], [`SUMMARY_MAX_CHARS`] or [`DEDUP_KEY_MAX_CHARS`].
+//!
+//! # Trust
+//!
+//! With `[trust]`, the message's `Received:` chain is walked ([`crate::classify::trust`])
+//! before any rule: the alert's `trusted` is set, and for untrusted mail `facts.origin` (the
+//! `address` and `host` of the hop where it came in from outside), so rules can match and
+//! templates show them. After the rules, `untrusted` applies whatever they said: `"mark"`
+//! sets an untrusted alert's severity to `info` and prefixes its title with
+//! [`UNVERIFIED_PREFIX`]; `"drop"` drops it (its `rule` then reads [`TRUST_RULE`]); `"keep"`
+//! leaves it to the rules. A message that is not mail at all has no chain to vouch for it and
+//! is untrusted. herald's own alerts (`route_own`) have no mail behind them: `trusted` stays
+//! null.
 //!
 //! # Invariants
 //!
@@ -98,15 +111,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use herald_bridges::Alert;
+use herald_bridges::text::one_line;
+use herald_bridges::{Alert, Severity};
 
+use crate::classify::trust::Verdict;
 use crate::classify::Message;
+use crate::config::{TrustConfig, Untrusted};
 use crate::error::{ConfigError, Locate};
 use crate::expect::Expectation;
 use condition::Condition;
 
 pub(crate) use condition::RawMatch;
-pub use explain::{explain_json, explain_text, RuleTrace};
+pub use explain::{explain_json, explain_text, trust_json, trust_text, RuleTrace};
 pub(crate) use glob::glob_regex;
 pub(crate) use rule::RawRule;
 pub use rule::Rule;
@@ -138,6 +154,13 @@ impl Matcher {
     }
 }
 
+/// What `untrusted = "mark"` puts before an untrusted alert's title.
+pub const UNVERIFIED_PREFIX: &str = "[unverified] ";
+
+/// The `rule` of an alert that `untrusted = "drop"` dropped, so that the log and `herald
+/// alerts` say what dropped it ("dropped by rule [trust]").
+pub const TRUST_RULE: &str = "[trust]";
+
 /// Where an alert goes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -149,6 +172,8 @@ pub struct Decision {
     pub dropped: bool,
     /// The expectations (`[[expect]]`) the message feeds, by name: dropped mail counts too.
     pub expected: Vec<String>,
+    /// The trust walk's verdict, with `[trust]` (for `classify --explain`).
+    pub trust: Option<Verdict>,
 }
 
 /// Everything needed to turn a raw message into a routing decision.
@@ -157,6 +182,7 @@ pub struct Router {
     rules: Vec<Rule>,
     default_sinks: Vec<String>,
     expectations: Arc<Vec<Expectation>>,
+    trust: Option<Arc<TrustConfig>>,
 }
 
 impl Router {
@@ -166,7 +192,15 @@ impl Router {
             rules,
             default_sinks,
             expectations: Arc::default(),
+            trust: None,
         }
+    }
+
+    /// The router, also walking each message's `Received:` chain with `[trust]` (see Trust
+    /// above); `None`: no walk, `trusted` stays null.
+    pub fn trusting(mut self, trust: Option<TrustConfig>) -> Router {
+        self.trust = trust.map(Arc::new);
+        self
     }
 
     /// The router, also telling which of `expectations` each message feeds.
@@ -215,8 +249,10 @@ impl Router {
         origin: Option<(&str, &str)>,
         now: DateTime<Utc>,
     ) -> Decision {
-        let (message, alert) = classified(raw, truncated, origin);
+        let (message, mut alert) = classified(raw, truncated, origin);
+        let verdict = self.assess(&message, &mut alert);
         let mut decision = route_at(&self.rules, &self.default_sinks, &message, alert, now);
+        self.enforce(&mut decision, verdict);
         decision.expected = self.feeds(&message, &decision.alert, now);
         decision
     }
@@ -239,7 +275,8 @@ impl Router {
         origin: Option<(&str, &str)>,
         now: DateTime<Utc>,
     ) -> (Decision, Vec<RuleTrace>) {
-        let (message, alert) = classified(raw, truncated, origin);
+        let (message, mut alert) = classified(raw, truncated, origin);
+        let verdict = self.assess(&message, &mut alert);
         let mut trace = Vec::with_capacity(self.rules.len());
         let mut decision = evaluate(
             &self.rules,
@@ -249,8 +286,69 @@ impl Router {
             now,
             Some(&mut trace),
         );
+        self.enforce(&mut decision, verdict);
         decision.expected = self.feeds(&message, &decision.alert, now);
         (decision, trace)
+    }
+
+    /// Before the rules: the trust walk's verdict on `message`, recorded in `alert`
+    /// (`trusted`, and `facts.origin` when untrusted); `None` without `[trust]`.
+    fn assess(&self, message: &Message, alert: &mut Alert) -> Option<Verdict> {
+        let config = self.trust.as_deref()?;
+        let verdict = if message.malformed {
+            Verdict {
+                trusted: false,
+                origin: None,
+                hops: Vec::new(),
+                vouched: None,
+                reason: "not in mail format: no Received chain to read".to_owned(),
+            }
+        } else {
+            crate::classify::trust::walk(&message.headers, config)
+        };
+        alert.trusted = Some(verdict.trusted);
+        if let (false, Some(origin)) = (verdict.trusted, &verdict.origin) {
+            alert
+                .facts
+                .insert("origin".to_owned(), serde_json::json!(origin));
+        }
+        Some(verdict)
+    }
+
+    /// After the rules: `[trust] untrusted` applied to an untrusted alert, whatever the rules
+    /// said; `verdict` is kept for `--explain`.
+    fn enforce(&self, decision: &mut Decision, verdict: Option<Verdict>) {
+        decision.trust = verdict;
+        let Some(config) = self.trust.as_deref() else {
+            return;
+        };
+        if decision.alert.trusted != Some(false) {
+            return;
+        }
+        match config.untrusted {
+            Untrusted::Keep => {}
+            Untrusted::Mark => {
+                let alert = &mut decision.alert;
+                // Info is the lowest severity: capping at it is setting it.
+                alert.severity = Severity::Info;
+                alert.title = one_line(
+                    &format!("{UNVERIFIED_PREFIX}{}", alert.title),
+                    TITLE_MAX_CHARS,
+                );
+            }
+            Untrusted::Drop if decision.dropped => {}
+            Untrusted::Drop => {
+                let origin = decision
+                    .trust
+                    .as_ref()
+                    .and_then(|v| v.origin.as_ref())
+                    .map_or_else(|| "unreadable".to_owned(), |o| o.address.to_string());
+                tracing::info!(%origin, title = %decision.alert.title, "Mail from outside the [trust] networks dropped (untrusted = \"drop\").");
+                decision.dropped = true;
+                decision.sinks.clear();
+                decision.alert.rule = Some(TRUST_RULE.to_owned());
+            }
+        }
     }
 }
 
@@ -350,6 +448,7 @@ fn evaluate(
         sinks,
         dropped,
         expected: Vec::new(),
+        trust: None,
     }
 }
 
@@ -593,6 +692,135 @@ mod tests {
         alert.failed = None;
         assert!(!matches_alert("failed = false", alert.clone()));
         assert!(!matches_alert("failed = true", alert));
+    }
+
+    #[test]
+    fn trusted_condition() {
+        let mut alert = Alert::sample();
+        assert!(
+            !matches_alert("trusted = true", alert.clone()),
+            "null: neither"
+        );
+        assert!(!matches_alert("trusted = false", alert.clone()));
+        alert.trusted = Some(true);
+        assert!(matches_alert("trusted = true", alert.clone()));
+        assert!(!matches_alert("trusted = false", alert.clone()));
+        alert.trusted = Some(false);
+        assert!(matches_alert("trusted = false", alert));
+        let c = config("[[rules]]\nname = \"t\"\nmatch = { trusted = true }\n");
+        let mut trace = Vec::new();
+        evaluate(
+            &c.rules,
+            &c.default_sinks,
+            &message(),
+            Alert::sample(),
+            DateTime::UNIX_EPOCH,
+            Some(&mut trace),
+        );
+        assert_eq!(
+            trace[0].failed.as_deref(),
+            Some("trusted: expected true, got null")
+        );
+    }
+
+    /// A failing cron job's mail that reached the hub from `peer`.
+    fn cron_via(peer: &str) -> Vec<u8> {
+        let mut raw = format!(
+            "Received: from web01.example.net (web01.example.net [{peer}])\r\n\tby hub.example.net (Postfix) with ESMTP id 4Y7Gk12QZnz9sQ; Tue, 24 Nov 2026 03:10:02 +0000 (UTC)\r\n"
+        )
+        .into_bytes();
+        raw.extend(herald_testkit::cron_mail(
+            "web01.example.net",
+            "root",
+            "/usr/local/bin/backup.sh",
+            "backup.sh: failed\n",
+        ));
+        raw
+    }
+
+    fn trusting(rules: &str, untrusted: &str) -> Router {
+        let c = config(&format!(
+            "{rules}[trust]\nnetworks = [\"10.0.0.0/8\"]\nuntrusted = \"{untrusted}\"\n"
+        ));
+        Router::new(c.rules.clone(), c.default_sinks.clone()).trusting(c.trust.clone())
+    }
+
+    const PAGE: &str = "[[rules]]\nname = \"page\"\nmatch = { kind = \"cron\" }\nseverity = \"critical\"\nsinks = [\"a\"]\n";
+
+    #[test]
+    fn trusted_mail_is_routed_as_the_rules_say() {
+        let d = trusting(PAGE, "mark").decide(&cron_via("10.1.2.3"), false, None);
+        assert_eq!(d.alert.trusted, Some(true));
+        assert_eq!(d.alert.severity, Severity::Critical);
+        assert!(!d.alert.title.starts_with(UNVERIFIED_PREFIX));
+        assert!(!d.alert.facts.contains_key("origin"));
+        assert_eq!(d.sinks, ["a"]);
+        assert!(d.trust.is_some_and(|v| v.trusted));
+        let d = Router::new(Vec::new(), Vec::new()).decide(&cron_via("203.0.113.5"), false, None);
+        assert_eq!(d.alert.trusted, None, "no [trust]: null");
+        assert_eq!(d.trust, None);
+    }
+
+    #[test]
+    fn untrusted_modes_apply_after_the_rules() {
+        let forged = cron_via("203.0.113.5");
+        let d = trusting(PAGE, "mark").decide(&forged, false, None);
+        assert_eq!(d.alert.trusted, Some(false));
+        assert_eq!(d.alert.severity, Severity::Info, "the rule said critical");
+        assert_eq!(
+            d.alert.title,
+            "[unverified] cron on web01.example.net: /usr/local/bin/backup.sh"
+        );
+        assert_eq!(
+            d.alert.facts["origin"],
+            serde_json::json!({"address": "203.0.113.5", "host": "web01.example.net"})
+        );
+        assert_eq!(
+            (d.sinks.as_slice(), d.dropped),
+            (["a".to_owned()].as_slice(), false)
+        );
+
+        let d = trusting(PAGE, "drop").decide(&forged, false, None);
+        assert!(d.dropped && d.sinks.is_empty(), "{d:?}");
+        assert_eq!(d.alert.rule.as_deref(), Some(TRUST_RULE));
+
+        let d = trusting(PAGE, "keep").decide(&forged, false, None);
+        assert_eq!(
+            (d.alert.trusted, d.alert.severity, d.dropped),
+            (Some(false), Severity::Critical, false)
+        );
+        assert!(d.alert.title.starts_with("cron on"));
+
+        // Rules see `trusted` (and the origin) before the mode applies.
+        let strangers =
+            "[[rules]]\nname = \"strangers\"\nmatch = { trusted = false }\nsinks = [\"b\"]\n\
+                         title = \"from {{ facts.origin.address }}\"\n";
+        let d = trusting(&format!("{strangers}{PAGE}"), "mark").decide(&forged, false, None);
+        assert_eq!(d.alert.rule.as_deref(), Some("strangers"));
+        assert_eq!(d.sinks, ["b"]);
+        assert_eq!(d.alert.title, "[unverified] from 203.0.113.5");
+        let (explained, _) = trusting(PAGE, "mark").explain(&forged, false, None);
+        assert_eq!(
+            explained.alert,
+            trusting(PAGE, "mark").decide(&forged, false, None).alert
+        );
+        let text = explain_text(&[]) + &trust_text(explained.trust.as_ref());
+        assert!(
+            text.contains("    trust: hop 1 from 203.0.113.5 (web01.example.net): origin\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unparsable_mail_is_untrusted() {
+        let malformed = Message {
+            malformed: true,
+            ..Message::default()
+        };
+        let mut alert = Alert::sample();
+        let verdict = trusting(PAGE, "mark").assess(&malformed, &mut alert);
+        assert_eq!(alert.trusted, Some(false));
+        assert!(verdict.is_some_and(|v| v.reason.starts_with("not in mail format")));
     }
 
     #[test]

@@ -28,8 +28,13 @@
 //! crash or done with its rows. An alert that goes nowhere (dropped by a rule, routed nowhere)
 //! is stored already dispatched, with its fate, so `herald alerts` can show it.
 //!
-//! An alert's identity is its content key (the Message-ID, else a hash of the header block):
-//! mail seen again under new UIDs (a recreated mailbox, a restored backup) alerts only once.
+//! An alert's identity is its content key, `IDENTITY#DIGEST`: the Message-ID (else a hash of
+//! the header block) and a hash of the fetched bytes. Mail seen again under new UIDs (a
+//! recreated mailbox, a restored backup: the same bytes) alerts only once, while a different
+//! message reusing a Message-ID is alerted on, and the commit reports it ([`Reused`]). Keys
+//! stored by herald before 0.3 are the `IDENTITY` alone; a new key whose identity is stored
+//! so still counts as known, so a rescan after an upgrade does not re-alert on old mail (those
+//! rows leave with the 30-day pruning).
 //!
 //! # One owner
 //!
@@ -171,6 +176,28 @@ pub struct Batch {
     pub mark: bool,
     /// The expectations the batch's mail fed, each once.
     pub sightings: Vec<Sighting>,
+}
+
+/// What an ingest commit found out beyond storing the batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// The UIDs whose content key was already stored (mail seen before, under other UIDs or
+    /// by an earlier run), which stored nothing.
+    pub known: Vec<u32>,
+    /// Messages stored whose Message-ID an earlier, different message already had.
+    pub reused: Vec<Reused>,
+}
+
+/// A message stored although an earlier one had its Message-ID: a different message reusing
+/// the ID (a stranger's mail, a broken mailer), or the same one altered on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reused {
+    /// The new message's UID.
+    pub uid: u32,
+    /// The earlier alert's id in the store.
+    pub earlier_id: i64,
+    /// The earlier alert's title.
+    pub earlier_title: String,
 }
 
 /// A routed alert that dispatch has not yet decided on.
@@ -510,7 +537,23 @@ pub trait IngestStore: Send + Sync {
     /// Returns the UIDs whose content key was already stored (mail seen before, under other
     /// UIDs or by an earlier run), which stored nothing. The batch is consumed as it is
     /// encoded, so a chunk's alerts and their JSON are not held twice.
-    async fn commit(&self, batch: Batch) -> Result<Vec<u32>>;
+    async fn commit(&self, batch: Batch) -> Result<Vec<u32>> {
+        Ok(self.commit_reporting(batch).await?.known)
+    }
+    /// [`IngestStore::commit`], also reporting the messages stored whose Message-ID an
+    /// earlier, different message had (for ingest's WARN).
+    async fn commit_reporting(&self, batch: Batch) -> Result<Committed>;
+    /// Records a message the server cannot give (a poison message): it counts as processed
+    /// for the cursor and the backlog, so it is not fetched again, but it gets no mark, so it
+    /// stays on the server untouched for a person to look at. `notice`, the alert that names
+    /// it, is stored in the same transaction, undispatched.
+    async fn skip_unreadable(
+        &self,
+        mailbox: &MailboxId,
+        uidvalidity: u32,
+        uid: u32,
+        notice: Option<Routed>,
+    ) -> Result<()>;
     /// Records a first start (or a new UIDVALIDITY): the cursor jumps to `last` and `recent`
     /// are the UIDs still to process. One transaction.
     async fn record_baseline(

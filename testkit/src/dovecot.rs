@@ -27,7 +27,7 @@ use tokio::process::{Child, Command};
 
 use crate::imap::{quote, RawImap};
 use crate::process::{process_group_members, signal_group, wait_group_gone};
-use crate::tls::{write_self_signed, CertFiles};
+use crate::tls::{write_self_signed, write_self_signed_ca, CertFiles};
 
 /// Where Debian's `dovecot-core` installs the server.
 const DOVECOT_BIN: &str = "/usr/sbin/dovecot";
@@ -56,6 +56,10 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Fresh port pairs tried when a port turns out to be taken between choosing and binding.
 const PORT_ATTEMPTS: usize = 5;
+
+/// Writes a server certificate and key into a directory: [`write_self_signed`] or
+/// [`write_self_signed_ca`].
+type WriteCert = fn(&Path, &str) -> Result<CertFiles>;
 
 /// Per user and IP connection limit. Dovecot's default of 10 locks out tests whose clients
 /// reconnect quickly while old connections are still being torn down.
@@ -94,18 +98,25 @@ enum Attempt {
 impl Dovecot {
     /// Starts a plain-text instance (`ssl = no`) with one listener.
     pub async fn start() -> Result<Self> {
-        Self::launch(false).await
+        Self::launch(None).await
     }
 
     /// Starts an instance with a fresh self-signed certificate for `localhost` and
     /// 127.0.0.1: [`Dovecot::port`] offers STARTTLS, [`Dovecot::tls_port`] is implicit TLS,
     /// and [`Dovecot::ca_path`] is the PEM for clients to trust.
     pub async fn start_tls() -> Result<Self> {
-        Self::launch(true).await
+        Self::launch(Some(write_self_signed)).await
     }
 
-    async fn launch(tls: bool) -> Result<Self> {
+    /// As [`Dovecot::start_tls`], with the kind of certificate `openssl req -x509` makes:
+    /// self-signed and CA:TRUE ([`write_self_signed_ca`]), which a client must pin.
+    pub async fn start_tls_self_signed_ca() -> Result<Self> {
+        Self::launch(Some(write_self_signed_ca)).await
+    }
+
+    async fn launch(tls: Option<WriteCert>) -> Result<Self> {
         let mut dovecot = Self::prepare(tls)?;
+        let tls = tls.is_some();
         let mut last = None;
         for _ in 0..PORT_ATTEMPTS {
             let (port, tls_port) = free_port_pair().context("choosing ports")?;
@@ -124,8 +135,8 @@ impl Dovecot {
             )))
     }
 
-    /// Creates the directory, mail dir and certificates; ports are chosen later.
-    fn prepare(tls: bool) -> Result<Self> {
+    /// Creates the directory, mail dir and certificates (with `tls`); ports are chosen later.
+    fn prepare(tls: Option<WriteCert>) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("herald-dovecot-")
             .tempdir()
@@ -139,11 +150,7 @@ impl Dovecot {
         let gid = lookup_id("/etc/group", "nogroup")?;
         std::os::unix::fs::chown(&mail, Some(uid), Some(gid))
             .context("chown mail dir to nobody:nogroup (are we root?)")?;
-        let certs = if tls {
-            Some(write_self_signed(dir.path(), "server")?)
-        } else {
-            None
-        };
+        let certs = tls.map(|write| write(dir.path(), "server")).transpose()?;
         let token = format!(
             "herald-testkit-{}",
             dir.path()
@@ -284,6 +291,35 @@ impl Dovecot {
         logout(imap).await;
         flags.retain(|f| !f.eq_ignore_ascii_case("\\Recent"));
         Ok(flags)
+    }
+
+    /// The Maildir file of message `uid` in `INBOX` of [`USER`], found through Dovecot's
+    /// `dovecot-uidlist` (`UID [extensions] :BASENAME`) in `new/` or `cur/` (Dovecot moves it
+    /// there, adding `:2,FLAGS`, once a session has seen it).
+    pub fn inbox_file(&self, uid: u32) -> Result<std::path::PathBuf> {
+        let maildir = self.dir.path().join("mail").join(USER);
+        let list = std::fs::read_to_string(maildir.join("dovecot-uidlist"))
+            .context("reading dovecot-uidlist")?;
+        let base = list
+            .lines()
+            .skip(1)
+            .find(|line| line.split(' ').next() == Some(&uid.to_string()))
+            .and_then(|line| line.split_once(':'))
+            .map(|(_, base)| base.to_owned())
+            .with_context(|| format!("UID {uid} not in dovecot-uidlist:\n{list}"))?;
+        for sub in ["new", "cur"] {
+            for entry in std::fs::read_dir(maildir.join(sub)).context("reading the Maildir")? {
+                let path = entry?.path();
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                if name == base || name.starts_with(&format!("{base}:")) {
+                    return Ok(path);
+                }
+            }
+        }
+        bail!("no Maildir file for UID {uid} ({base})")
     }
 
     /// All UIDs in `mailbox`, ascending.
@@ -547,7 +583,7 @@ mod tests {
             let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let taken_port = taken.local_addr().unwrap().port();
             let (free, free2) = free_port_pair().unwrap();
-            let mut dovecot = Dovecot::prepare(tls).unwrap();
+            let mut dovecot = Dovecot::prepare(tls.then_some(write_self_signed)).unwrap();
             (dovecot.port, dovecot.tls_port) = if tls {
                 (free, Some(taken_port))
             } else {

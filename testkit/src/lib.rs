@@ -34,7 +34,7 @@ pub use mail::{cron_mail, eml_files, plain_mail};
 pub use ngircd::{is_message_from, IrcClient, IrcLine, Ngircd, NgircdOptions};
 pub use process::{process_group_members, HeraldProcess};
 pub use proxy::{Fault, FaultProxy};
-pub use tls::{write_self_signed, write_unrelated_ca, CertFiles};
+pub use tls::{write_self_signed, write_self_signed_ca, write_unrelated_ca, CertFiles};
 
 /// A loopback TCP port that was free a moment ago (bound to 127.0.0.1:0, then released).
 /// Another process may take it before the caller binds it; [`Dovecot`] retries for that.

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use rcgen::{CertificateParams, DnType, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
 /// Paths of a certificate and its private key, both PEM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,8 +23,20 @@ pub struct CertFiles {
 /// Writes a fresh self-signed certificate for `localhost` and IP 127.0.0.1 (and its key)
 /// into `dir` as `{stem}.pem` and `{stem}-key.pem`.
 pub fn write_self_signed(dir: &Path, stem: &str) -> Result<CertFiles> {
+    write_certificate(dir, stem, IsCa::NoCa)
+}
+
+/// As [`write_self_signed`], but marked CA:TRUE, as `openssl req -x509` (and so Dovecot's
+/// own `mkcert.sh`) makes them: webpki refuses such a certificate as a server's own
+/// (`CaUsedAsEndEntity`), so a client must pin it.
+pub fn write_self_signed_ca(dir: &Path, stem: &str) -> Result<CertFiles> {
+    write_certificate(dir, stem, IsCa::Ca(BasicConstraints::Unconstrained))
+}
+
+fn write_certificate(dir: &Path, stem: &str, is_ca: IsCa) -> Result<CertFiles> {
     let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
         .context("certificate parameters")?;
+    params.is_ca = is_ca;
     params
         .distinguished_name
         .push(DnType::CommonName, "localhost");

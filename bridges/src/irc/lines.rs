@@ -99,7 +99,8 @@ pub fn budget(who: &Identity, verb: &str, target: &str) -> usize {
 /// Mail text made safe for one IRC message: mIRC formatting codes removed (`\x03` colour with
 /// its `fg[,bg]` digits, `\x04` hex colour with its `RRGGBB[,RRGGBB]`), every other control
 /// character (C0, DEL, C1, line and paragraph separators) turned into a space, runs of
-/// whitespace folded to one space, ends trimmed \[MIRC-FMT\] (reference/sinks.md §5.6).
+/// whitespace folded to one space, format characters ([`crate::text::is_format`]: bidi
+/// overrides, zero-width spaces) dropped, ends trimmed \[MIRC-FMT\] (reference/sinks.md §5.6).
 pub fn strip(text: &str) -> String {
     let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len());
@@ -129,6 +130,7 @@ pub fn strip(text: &str) -> String {
                 }
                 continue;
             }
+            _ if crate::text::is_format(ch) => continue,
             _ => {}
         }
         if ch.is_control() || ch.is_whitespace() {

@@ -436,7 +436,10 @@ impl Config {
 
     fn settings(&self) -> Result<Settings, SinkError> {
         let tls = if self.tls {
-            Some(crate::tls::client_config(self.ca_file.as_deref()).map_err(SinkError::Client)?)
+            Some(
+                crate::tls::client_config(self.ca_file.as_deref(), None)
+                    .map_err(SinkError::Client)?,
+            )
         } else {
             None
         };

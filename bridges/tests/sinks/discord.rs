@@ -65,7 +65,7 @@ async fn hostile_alert_cannot_ping_and_fits() {
     assert_eq!(text.matches("```").count(), 2, "only our own fences");
     let title = embed["title"].as_str().unwrap();
     assert!(
-        title.starts_with("CRITICAL: Cron <root@\u{200B}web01> @\u{200B}everyone"),
+        title.starts_with("CRITICAL: Cron \\<root@\u{200B}web01> @\u{200B}everyone"),
         "{title}"
     );
     assert!(title.ends_with("Injected: line"), "one line: {title}");
@@ -295,5 +295,33 @@ fn reminder_shows_its_repeats() {
     assert!(
         fields.contains(&json!({"name": "Repeats", "value": "37 since 03:00", "inline": true})),
         "{fields:?}"
+    );
+}
+
+#[test]
+fn markdown_from_mail_is_shown_not_rendered() {
+    let mut alert = Alert::sample();
+    alert.title = "click [here](https://evil.example) ||secret|| **now**".into();
+    alert.summary = "# Heading\n> quote\n-# small\n[login](https://evil.example/x)".into();
+    alert.host = Some("[web01](https://evil.example)".into());
+    let body = herald_bridges::discord::payload(&alert, None, None);
+    let embed = &body["embeds"][0];
+    let title = embed["title"].as_str().unwrap();
+    assert!(
+        title.ends_with(r"click \[here\](https://evil.example) \|\|secret\|\| \*\*now\*\*"),
+        "{title}"
+    );
+    let description = embed["description"].as_str().unwrap();
+    assert!(
+        description
+            .starts_with("\\# Heading\n\\> quote\n\\-# small\n\\[login\\](https://evil.example/x)"),
+        "{description}"
+    );
+    // No masked link anywhere: every `](` from mail has its bracket escaped.
+    let text = body.to_string();
+    assert!(!text.replace(r"\\]", "").contains("]("), "{text}");
+    assert_eq!(
+        embed["fields"][0]["value"],
+        r"\[web01\](https://evil.example)"
     );
 }

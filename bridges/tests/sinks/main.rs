@@ -7,12 +7,20 @@ mod limits;
 mod server;
 
 mod discord;
+mod exec;
+mod gotify;
 mod irc;
+mod matrix;
+mod ntfy;
+mod opsgenie;
 mod pagerduty;
 mod proptests;
+mod pushover;
 mod secrets;
 mod slack;
 mod status_tables;
+mod teams;
+mod telegram;
 mod twilio;
 mod webhook;
 

@@ -1,11 +1,13 @@
 //! G5: for arbitrary Unicode, every rendered payload is within its API's limits, is valid
 //! JSON/UTF-8, and keeps the start of the title; for arbitrary digests (up to the 50 members
 //! dispatch lists, of arbitrary text), every payload still fits and accounts for every
-//! problem, listed or counted.
+//! problem, listed or counted; and no sink's text carries a format character (U+202E and the
+//! other bidi controls, zero-width characters) from mail.
 
 use herald_bridges::sms::{self, Encoding};
+use herald_bridges::text::{is_format, ZWSP};
 use herald_bridges::{
-    discord, irc, pagerduty, present, slack, twilio, Alert, Kind, Member, Severity,
+    console, discord, irc, pagerduty, present, slack, twilio, Alert, Kind, Member, Severity,
 };
 use proptest::prelude::*;
 
@@ -117,6 +119,46 @@ fn prefix(alert: &Alert) -> String {
         .collect()
 }
 
+/// Every string in `value`, but PagerDuty's `facts` (structured data, not text shown).
+fn strings<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+    match value {
+        serde_json::Value::String(s) => out.push(s),
+        serde_json::Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .filter(|(k, _)| k.as_str() != "facts")
+            .for_each(|(_, v)| strings(v, out)),
+        _ => {}
+    }
+}
+
+/// No format character but herald's own [`ZWSP`] (its mention and fence breaker).
+fn no_format(sink: &str, texts: &[&str]) -> Result<(), TestCaseError> {
+    for text in texts {
+        let found = text.chars().find(|&c| is_format(c) && c != ZWSP);
+        prop_assert!(found.is_none(), "{sink}: {found:?} in {text:?}");
+    }
+    Ok(())
+}
+
+/// Text full of format characters, mixed with the markup they could hide in.
+fn hostile_text(max: usize) -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("\u{202E}".to_owned()),
+        Just("\u{2066}".to_owned()),
+        Just("\u{200B}".to_owned()),
+        Just("\u{200D}".to_owned()),
+        Just("\u{FEFF}".to_owned()),
+        Just("\u{AD}".to_owned()),
+        Just("\u{E0041}".to_owned()),
+        Just("@everyone".to_owned()),
+        Just("```".to_owned()),
+        "[a-z\\[\\]()#|*_ \n]{0,8}",
+        any::<char>().prop_map(String::from),
+    ];
+    proptest::collection::vec(piece, 0..max).prop_map(|p| p.concat())
+}
+
 fn roundtrip(value: &serde_json::Value) {
     let bytes = serde_json::to_vec(value).unwrap();
     let back: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
@@ -174,6 +216,63 @@ proptest! {
         let keep: String = prefix(&alert).chars().take(max - 13).collect();
         let expected = format!("{}: {keep}", label(&alert));
         prop_assert!(body.starts_with(&expected), "{}", body);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn no_sink_shows_a_format_character(
+        title in hostile_text(40),
+        summary in hostile_text(80),
+        body in hostile_text(200),
+        host in hostile_text(10),
+    ) {
+        let mut alert = Alert::sample();
+        alert.title = title;
+        alert.summary = summary;
+        alert.body = body;
+        alert.host = Some(host.clone());
+        alert.user = Some(host.clone());
+        alert.command = Some(host);
+        for digest in [false, true] {
+            if digest {
+                let member = Member {
+                    kind: Kind::Other,
+                    host: alert.host.clone(),
+                    user: None,
+                    command: alert.command.clone(),
+                    failed: Some(true),
+                    severity: Severity::Warning,
+                    title: alert.title.clone(),
+                    summary: alert.summary.clone(),
+                    dedup_key: String::new(),
+                    count: 2,
+                    first: alert.title.clone(),
+                    last: alert.summary.clone(),
+                    reminder: false,
+                };
+                alert.digest = vec![member.clone(), member];
+            }
+            let mut texts = Vec::new();
+            let payloads = [
+                ("slack", slack::payload(&alert, None, None)),
+                ("discord", discord::payload(&alert, None, None)),
+                ("pagerduty", pagerduty::payload(&alert, "key", None)),
+            ];
+            for (sink, payload) in &payloads {
+                texts.clear();
+                strings(payload, &mut texts);
+                no_format(sink, &texts)?;
+            }
+            let sms = twilio::text(&alert, 1600, Encoding::Auto, None);
+            no_format("twilio", &[sms.as_str()])?;
+            let style = irc::lines::Style { notice: false, colour: true, max_lines: 50 };
+            let lines = irc::lines::render(&alert, style, 400);
+            no_format("irc", &lines.iter().map(String::as_str).collect::<Vec<_>>())?;
+            no_format("console", &[console::render(&alert).as_str()])?;
+        }
     }
 }
 

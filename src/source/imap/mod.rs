@@ -21,19 +21,39 @@
 //! - the first start on a mailbox (or after its UIDVALIDITY changed) alerts only on unseen
 //!   mail younger than `first_start_window`; the rest is recorded as baseline;
 //! - at most `max_message_bytes` of any message is fetched, and a batch is committed every
-//!   [`CHUNK`] messages, so memory stays bounded however much mail is waiting.
+//!   [`CHUNK`] messages, so memory stays bounded however much mail is waiting;
+//! - a message the server cannot give (a Maildir file it cannot read: Dovecot answers its
+//!   FETCH with what it has, no body, then `BYE` or `NO`) is counted against its UID, across
+//!   reconnects; after [`POISON_LIMIT`] failures it is skipped — processed for the cursor, not
+//!   marked on the server — and one alert names it, so the mail after it flows. What came
+//!   before it in the same FETCH is committed first. When a FETCH of several messages fails
+//!   without naming one, the next pass fetches them one at a time to find it. The counts
+//!   live in memory (one [`Mailbox`] outlives its sessions): a restart forgets them, which
+//!   costs at most [`POISON_LIMIT`] more attempts, while a skipped UID stays behind the
+//!   stored cursor for good;
+//! - a mark the server refuses (a `move:` folder that does not exist, a read-only mailbox) is
+//!   logged at ERROR and retried after a growing delay ([`MARK_RETRY`]), in the same session:
+//!   the marks stay pending in the store, and new mail is still fetched and alerted on;
+//! - a message's content key is its Message-ID (else a hash of its header block) and a hash
+//!   of its fetched bytes ([`content_key`]): the same bytes again (a recreated mailbox)
+//!   alert once, while a different message reusing a Message-ID alerts, with a WARN naming
+//!   the earlier alert.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{anyhow, bail, Result};
+use async_imap::imap_proto::{Response, Status};
 use async_imap::types::UnsolicitedResponse;
-use futures::StreamExt;
+use futures::TryStreamExt;
 use herald_bridges::backoff::Backoff;
+use herald_bridges::{Alert, Kind, Severity};
 use tokio::sync::Notify;
-use tokio::time::sleep;
+use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Account, Processed};
 use crate::error::chain;
@@ -57,7 +77,19 @@ const UID_SET_LIMIT: usize = 500;
 /// each successful SELECT.
 const RECONNECT: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(80));
 
-/// Logs in and selects each folder of `account`, then logs out: `herald check --connect`.
+/// Failed fetches of one message, counted across reconnects, after which it is skipped as
+/// unreadable. More than one, so a passing hiccup never skips mail; few, so a poison message
+/// holds up the mail behind it for seconds (one reconnect each), not forever.
+pub const POISON_LIMIT: u32 = 3;
+
+/// Delay before marking processed is tried again after the server refused it: 10 s, then
+/// growing to 10 min. A refusal is a configuration or server problem a person must fix; the
+/// retries only notice the fix, so they need not be frequent.
+pub const MARK_RETRY: Backoff = Backoff::new(Duration::from_secs(10), Duration::from_secs(600));
+
+/// Logs in and selects each folder of `account`, and checks that a `move:` target exists
+/// (naming the server's hierarchy separator when the target uses another), then logs out:
+/// `herald check --connect`.
 pub async fn probe(account: &Account) -> Result<()> {
     for folder in &account.folders {
         let id = MailboxId::new(&account.name, folder);
@@ -67,9 +99,77 @@ pub async fn probe(account: &Account) -> Result<()> {
         imap.select(&mut session)
             .await
             .map_err(SessionError::into_inner)?;
+        let checked = match &account.imap.processed {
+            Processed::Move(target) => check_move_target(&imap, &mut session, target).await,
+            _ => Ok(()),
+        };
         imap.logout(session).await;
+        checked?;
     }
     Ok(())
+}
+
+/// Fails, saying why, unless the server lists `target` as a folder mail can be moved to.
+async fn check_move_target(imap: &Imap, session: &mut Session, target: &str) -> Result<()> {
+    let names = imap
+        .command(async {
+            session
+                .list(Some(""), Some("*"))
+                .await?
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .await
+        .map_err(SessionError::into_inner)?;
+    let selectable = |name: &str| {
+        names.iter().any(|n| {
+            n.name() == target_name(name)
+                && !n
+                    .attributes()
+                    .iter()
+                    .any(|a| matches!(a, async_imap::types::NameAttribute::NoSelect))
+        })
+    };
+    if selectable(target) {
+        return Ok(());
+    }
+    let separator = names.iter().find_map(|n| n.delimiter()).unwrap_or("/");
+    let mut message = format!(
+        "processed = \"move:{target}\": the server has no folder {target:?} to move processed mail to"
+    );
+    if let Some(other) = ['/', '.']
+        .into_iter()
+        .find(|&c| target.contains(c) && c.to_string() != separator)
+    {
+        let suggested = target.replace(other, separator);
+        message.push_str(&format!(
+            "; the server's hierarchy separator is {separator:?}, not {other:?}: write \"move:{suggested}\""
+        ));
+        if !selectable(&suggested) {
+            message.push_str(" and create that folder");
+        }
+    } else {
+        message.push_str("; create it first");
+    }
+    let mut listed: Vec<&str> = names.iter().map(|n| n.name()).collect();
+    listed.sort_unstable();
+    let more = listed.len().saturating_sub(20);
+    listed.truncate(20);
+    message.push_str(&format!(" (folders: {}", listed.join(", ")));
+    if more > 0 {
+        message.push_str(&format!(", and {more} more"));
+    }
+    message.push(')');
+    bail!(message)
+}
+
+/// `name` as LIST reports it: `INBOX` is case-insensitive (RFC 3501 §5.1).
+fn target_name(name: &str) -> &str {
+    if name.eq_ignore_ascii_case("INBOX") {
+        "INBOX"
+    } else {
+        name
+    }
 }
 
 /// Watches one folder and feeds the store.
@@ -81,6 +181,43 @@ pub struct Mailbox {
     /// Told after every commit that stored alerts: dispatch has work.
     dispatch: Arc<Notify>,
     metrics: Arc<Metrics>,
+    /// What failed fetches left to know, across sessions (see [`Unreadable`]).
+    unreadable: Mutex<Unreadable>,
+    /// Marking processed after the server refused it (see [`MARK_RETRY`]), across sessions.
+    marking: Mutex<MarkRetry>,
+    /// Set when a look at the unsolicited responses (for a FETCH's failure) found new mail
+    /// announced, which the session loop would otherwise no longer see.
+    announced: AtomicBool,
+}
+
+/// The fetch failures of one mailbox, kept in memory across its sessions.
+#[derive(Debug, Default)]
+struct Unreadable {
+    /// The UIDVALIDITY the counts belong to: a new one makes them meaningless.
+    uidvalidity: u32,
+    /// Failed fetches by UID.
+    failures: HashMap<u32, Failure>,
+    /// A FETCH of several messages failed without naming one: the next pass fetches one at
+    /// a time, to find which.
+    one_by_one: bool,
+}
+
+/// One UID's failed fetches.
+#[derive(Debug, Default)]
+struct Failure {
+    /// How many so far.
+    count: u32,
+    /// Its size, when the server said (`RFC822.SIZE` comes from the Maildir file's name).
+    size: Option<u32>,
+}
+
+/// When marking processed may be tried again.
+#[derive(Debug, Default)]
+struct MarkRetry {
+    /// Refusals in a row.
+    refusals: u32,
+    /// Not before then; `None`: now.
+    until: Option<Instant>,
 }
 
 impl Mailbox {
@@ -103,6 +240,9 @@ impl Mailbox {
             store,
             dispatch,
             metrics,
+            unreadable: Mutex::default(),
+            marking: Mutex::default(),
+            announced: AtomicBool::new(false),
         })
     }
 
@@ -167,11 +307,12 @@ impl Mailbox {
             if stop.is_cancelled() {
                 break;
             }
-            if drain_for_new_mail(&session.unsolicited_responses) {
+            let announced = self.announced.swap(false, Ordering::Relaxed);
+            if drain_for_new_mail(&session.unsolicited_responses) || announced {
                 continue;
             }
             session = if has_idle {
-                match self.imap.idle(session, stop).await? {
+                match self.imap.idle(session, stop, self.mark_retry_at()).await? {
                     Some(session) => session,
                     None => return Ok(()),
                 }
@@ -309,7 +450,8 @@ impl Mailbox {
     }
 
     /// Fetches `set`, keeps the messages above `floor`, and commits them in chunks; returns
-    /// the UIDs stored.
+    /// the UIDs stored. After a FETCH of several messages failed without naming one, fetches
+    /// them one at a time, so the one that fails is known.
     async fn fetch_and_store(
         &self,
         session: &mut Session,
@@ -317,30 +459,182 @@ impl Mailbox {
         set: &str,
         floor: u32,
     ) -> Result<Vec<u32>, SessionError> {
+        if !self.unreadable(selected).one_by_one {
+            return self.fetch_set(session, selected, set, floor, None).await;
+        }
+        // `UID SEARCH UID n:*` has the same `*` semantics as FETCH: filtered the same way.
+        let found = self
+            .imap
+            .command(session.uid_search(format!("UID {set}")))
+            .await?;
+        let mut uids: Vec<u32> = found.into_iter().filter(|&uid| uid > floor).collect();
+        uids.sort_unstable();
+        debug!(mailbox = %self.id, count = uids.len(), "Fetching one message at a time after a failed FETCH.");
+        let mut stored = Vec::with_capacity(uids.len());
+        for uid in uids {
+            let one = uid.to_string();
+            stored.extend(
+                self.fetch_set(session, selected, &one, floor, Some(uid))
+                    .await?,
+            );
+        }
+        self.unreadable(selected).one_by_one = false;
+        Ok(stored)
+    }
+
+    /// Fetches `set` (or the one UID `alone`), keeps the messages above `floor`, and commits
+    /// them in chunks; returns the UIDs stored. A message the server did not give — a
+    /// response without its body, or no response for `alone` — ends the fetch: what came
+    /// before it is committed, what came after it is left for the next fetch (so the cursor
+    /// never passes it), and it is counted against its UID ([`Mailbox::failed_fetch`]).
+    async fn fetch_set(
+        &self,
+        session: &mut Session,
+        selected: Selected,
+        set: &str,
+        floor: u32,
+        alone: Option<u32>,
+    ) -> Result<Vec<u32>, SessionError> {
         let max = self.imap.config.max_message_bytes;
         let query = format!("(UID RFC822.SIZE BODY.PEEK[]<0.{max}>)");
         let origin = Some((self.id.account.as_str(), self.id.folder.as_str()));
         let mut stored = Vec::new();
         let mut chunk = Vec::with_capacity(CHUNK);
+        // The lowest UID the server answered without its body, with its size if it gave one.
+        let mut failed: Option<(u32, Option<u32>)> = None;
+        let mut got_alone = false;
         let mut stream = self.imap.command(session.uid_fetch(set, &query)).await?;
-        while let Some(item) = self.imap.next(&mut stream).await? {
+        let ended = loop {
+            let item = match self.imap.next(&mut stream).await {
+                Ok(Some(item)) => item,
+                Ok(None) => break Ok(()),
+                Err(error) => break Err(error),
+            };
             let Some(uid) = item.uid.filter(|&uid| uid > floor) else {
                 continue; // below the cursor (`n:*` semantics) or an unsolicited FETCH
             };
+            if failed.is_some_and(|(first, _)| uid > first) {
+                continue; // fetched again after the failed one is dealt with
+            }
+            let Some(raw) = item.body() else {
+                failed = Some((uid, item.size));
+                continue;
+            };
+            got_alone |= alone == Some(uid);
             crate::crashpoint::hit("after-fetch");
             self.metrics.messages_fetched(1);
-            let raw = item.body().unwrap_or_default();
             let truncated = item.size.is_some_and(|size| size > max);
             let decision = self.router.decide(raw, truncated, origin);
             let content_key = content_key(decision.alert.message_id.as_deref(), raw);
             chunk.push((uid, content_key, decision));
-            if chunk.len() >= CHUNK {
+            if chunk.len() >= CHUNK && failed.is_none() {
                 stored.extend(self.commit(selected, std::mem::take(&mut chunk)).await?);
             }
-        }
+        };
         drop(stream);
+        if let Some((first, _)) = failed {
+            chunk.retain(|(uid, ..)| *uid < first);
+        }
+        // What arrived whole is kept even when the fetch broke off: it is not fetched again.
         stored.extend(self.commit(selected, chunk).await?);
-        Ok(stored)
+        ended?;
+        // async-imap ends a FETCH's stream at its tagged response, NO included, and files an
+        // untagged NO or BYE with the unsolicited responses: the server's word is there.
+        let (new_mail, complaint) = drain(&session.unsolicited_responses);
+        if new_mail {
+            self.announced.store(true, Ordering::Relaxed);
+        }
+        let failed = failed.or_else(|| alone.filter(|_| !got_alone).map(|uid| (uid, None)));
+        match (failed, complaint) {
+            (Some((uid, size)), complaint) => {
+                Err(self.failed_fetch(selected, uid, size, complaint).await)
+            }
+            (None, Some(complaint)) if alone.is_none() => {
+                self.unreadable(selected).one_by_one = true;
+                Err(anyhow!(
+                    "FETCH {set} failed: {complaint} (fetching one message at a time next, to find the one that fails)"
+                )
+                .into())
+            }
+            // Whole (a complaint beside a message fetched alone and whole is not about it).
+            (None, _) => {
+                let mut unreadable = self.unreadable(selected);
+                if !unreadable.failures.is_empty() {
+                    unreadable.failures.retain(|uid, _| !stored.contains(uid));
+                }
+                drop(unreadable);
+                Ok(stored)
+            }
+        }
+    }
+
+    /// The failure bookkeeping for `selected`'s UIDVALIDITY (a new one forgets the old).
+    fn unreadable(&self, selected: Selected) -> MutexGuard<'_, Unreadable> {
+        // Only plain updates happen under this lock; a poisoned one holds valid counts.
+        let mut unreadable = self
+            .unreadable
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if unreadable.uidvalidity != selected.uidvalidity {
+            *unreadable = Unreadable {
+                uidvalidity: selected.uidvalidity,
+                ..Unreadable::default()
+            };
+        }
+        unreadable
+    }
+
+    /// Counts a failed fetch of `uid`; at [`POISON_LIMIT`], skips it and stores the alert
+    /// that names it. Returns the error that ends the session either way: a server that
+    /// failed a FETCH may have closed the connection (Dovecot does, by default).
+    async fn failed_fetch(
+        &self,
+        selected: Selected,
+        uid: u32,
+        size: Option<u32>,
+        complaint: Option<String>,
+    ) -> SessionError {
+        let error = complaint.unwrap_or_else(|| "the server sent no content for it".to_owned());
+        let (count, size) = {
+            let mut unreadable = self.unreadable(selected);
+            let failure = unreadable.failures.entry(uid).or_default();
+            failure.count = failure.count.saturating_add(1);
+            failure.size = size.or(failure.size);
+            (failure.count, failure.size)
+        };
+        if count < POISON_LIMIT {
+            return anyhow!("cannot fetch message UID {uid} (failure {count} of {POISON_LIMIT} before it is skipped): {error}").into();
+        }
+        let now = chrono::Utc::now();
+        let alert = unreadable_notice(&self.id, selected.uidvalidity, uid, size, &error);
+        let decision = self.router.route_own(alert, &[], now);
+        let notice = (!decision.dropped && !decision.sinks.is_empty()).then(|| store::Routed {
+            alert: decision.alert,
+            sinks: decision.sinks,
+        });
+        let sinks = notice.as_ref().map(|n| n.sinks.join(","));
+        if let Err(e) = self
+            .store
+            .skip_unreadable(&self.id, selected.uidvalidity, uid, notice)
+            .await
+        {
+            return fatal(e);
+        }
+        self.unreadable(selected).failures.remove(&uid);
+        self.metrics
+            .message_skipped(&format!("{} UID {uid}", self.id));
+        error!(
+            mailbox = %self.id,
+            uid,
+            size,
+            error = %error,
+            sinks = sinks.as_deref().unwrap_or("none: a rule dropped the alert, or no sink takes it"),
+            "The server failed to give this message {POISON_LIMIT} times: skipped. It is left on the server, not marked processed; look at it there (its file may be unreadable)."
+        );
+        if sinks.is_some() {
+            self.dispatch.notify_one();
+        }
+        anyhow!("message UID {uid} skipped after {POISON_LIMIT} failed fetches: {error}").into()
     }
 
     /// Commits a chunk: alerts with their routed sinks, marks and the cursor, in one
@@ -391,7 +685,7 @@ impl Mailbox {
             mark: self.imap.config.processed != Processed::None,
             sightings,
         };
-        let known = self.store.commit(batch).await.map_err(|e| {
+        let committed = self.store.commit_reporting(batch).await.map_err(|e| {
             SessionError::Fatal(
                 anyhow::Error::new(e).context("cannot store alerts; nothing was marked processed"),
             )
@@ -399,9 +693,20 @@ impl Mailbox {
         let mut stored_any = false;
         for fate in &fates {
             let uid = fate.uid;
-            if known.contains(&uid) {
+            if committed.known.contains(&uid) {
                 info!(mailbox = %self.id, uid, title = %fate.title, "Already alerted on (the same message under another UID); skipped.");
                 continue;
+            }
+            if let Some(reused) = committed.reused.iter().find(|r| r.uid == uid) {
+                warn!(
+                    mailbox = %self.id,
+                    uid,
+                    message_id = fate.message_id.as_deref().unwrap_or(""),
+                    title = %fate.title,
+                    earlier_alert = reused.earlier_id,
+                    earlier_title = %reused.earlier_title,
+                    "A different message reuses the Message-ID of an earlier alert (forged, or altered on the way); alerting on it too."
+                );
             }
             match &fate.route {
                 Route::Dropped { rule } => {
@@ -457,12 +762,17 @@ impl Mailbox {
         sightings
     }
 
-    /// Marks stored messages processed on the server, then forgets the marks.
+    /// Marks stored messages processed on the server, then forgets the marks. A mark the
+    /// server refuses is logged at ERROR and left pending, to be tried again after
+    /// [`MARK_RETRY`]: the session goes on, so new mail is still alerted on meanwhile.
     async fn apply_marks(
         &self,
         session: &mut Session,
         selected: Selected,
     ) -> Result<(), SessionError> {
+        if self.mark_retry_at().is_some_and(|at| Instant::now() < at) {
+            return Ok(());
+        }
         let marks = self
             .store
             .pending_marks(&self.id, selected.uidvalidity)
@@ -472,46 +782,105 @@ impl Mailbox {
             return Ok(());
         }
         crate::crashpoint::hit("before-flag");
-        for set in uid_sets(&marks) {
-            match &self.imap.config.processed {
-                Processed::None => {}
-                Processed::Seen => self.imap.store_flag(session, &set, "\\Seen").await?,
-                Processed::Keyword(keyword) => self.imap.store_flag(session, &set, keyword).await?,
-                Processed::Delete => {
-                    self.imap.store_flag(session, &set, "\\Deleted").await?;
-                    self.imap
-                        .command(async {
-                            session.uid_expunge(&set).await?.count().await;
-                            Ok(())
-                        })
-                        .await?;
-                }
-                Processed::Move(folder) => {
-                    self.imap
-                        .command(session.uid_mv(&set, folder))
-                        .await
-                        .map_err(|e| match e {
-                            SessionError::Imap(error) => {
-                                SessionError::Imap(error.context(format!(
-                            "cannot move processed mail to {folder:?} (does the folder exist?)"
-                        )))
-                            }
-                            fatal => fatal,
-                        })?;
-                }
+        let mut done = Vec::with_capacity(marks.len());
+        let mut refused = None;
+        for uids in marks.chunks(UID_SET_LIMIT) {
+            let Some(set) = uid_sets(uids).into_iter().next() else {
+                continue;
+            };
+            if let Err(refusal) = self.mark(session, &set).await? {
+                refused = Some(refusal);
+                break;
+            }
+            done.extend_from_slice(uids);
+        }
+        let pending = marks.len() - done.len();
+        if !done.is_empty() {
+            self.store
+                .clear_marks(&self.id, selected.uidvalidity, done)
+                .await
+                .map_err(fatal)?;
+        }
+        let mut marking = self
+            .marking
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match refused {
+            None => *marking = MarkRetry::default(),
+            Some(refusal) => {
+                let delay = MARK_RETRY.delay(marking.refusals);
+                marking.refusals = marking.refusals.saturating_add(1);
+                marking.until = Some(Instant::now() + delay);
+                error!(
+                    mailbox = %self.id,
+                    server = %self.imap.config.host,
+                    processed = %describe(&self.imap.config.processed),
+                    refused = %refusal,
+                    pending,
+                    retry_in = ?delay,
+                    "The server refused to mark processed mail; the marks stay pending and are retried. New mail is still alerted on. (`herald check --connect` checks a move: folder.)"
+                );
             }
         }
-        self.store
-            .clear_marks(&self.id, selected.uidvalidity, marks)
-            .await
-            .map_err(fatal)?;
         Ok(())
     }
+
+    /// When marking is next tried after a refusal; `None` when it is not held back.
+    fn mark_retry_at(&self) -> Option<Instant> {
+        self.marking
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .until
+    }
+
+    /// Marks the messages of `set` processed; `Ok(Err(reply))` when the server refused.
+    async fn mark(
+        &self,
+        session: &mut Session,
+        set: &str,
+    ) -> Result<Result<(), String>, SessionError> {
+        let flag = |flag: &str| format!("UID STORE {set} +FLAGS.SILENT ({flag})");
+        match &self.imap.config.processed {
+            Processed::None => Ok(Ok(())),
+            Processed::Seen => self.imap.checked(session, &flag("\\Seen")).await,
+            Processed::Keyword(keyword) => self.imap.checked(session, &flag(keyword)).await,
+            Processed::Delete => match self.imap.checked(session, &flag("\\Deleted")).await? {
+                Ok(()) => {
+                    self.imap
+                        .checked(session, &format!("UID EXPUNGE {set}"))
+                        .await
+                }
+                refused => Ok(refused),
+            },
+            Processed::Move(folder) => {
+                self.imap
+                    .checked(session, &format!("UID MOVE {set} {}", quoted(folder)))
+                    .await
+            }
+        }
+    }
+}
+
+/// `processed` as configured, for log lines.
+fn describe(processed: &Processed) -> String {
+    match processed {
+        Processed::Seen => "seen".to_owned(),
+        Processed::Keyword(keyword) => format!("keyword:{keyword}"),
+        Processed::Move(folder) => format!("move:{folder}"),
+        Processed::Delete => "delete".to_owned(),
+        Processed::None => "none".to_owned(),
+    }
+}
+
+/// `text` as an IMAP quoted string (the configuration already refuses `"`, CR and LF).
+fn quoted(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 /// What became of one message, remembered across the commit for its log line.
 struct Fate {
     uid: u32,
+    message_id: Option<String>,
     kind: String,
     rule: Option<String>,
     title: String,
@@ -537,6 +906,7 @@ impl Fate {
         };
         Fate {
             uid,
+            message_id: alert.message_id.clone(),
             kind: alert.kind.as_str().to_owned(),
             rule: alert.rule.clone(),
             title: alert.title.clone(),
@@ -553,16 +923,90 @@ fn fatal(error: StoreError) -> SessionError {
 /// Empties the unsolicited-response queue; true if the server announced new mail that the
 /// last fetch may not have seen.
 pub(super) fn drain_for_new_mail(queue: &async_channel::Receiver<UnsolicitedResponse>) -> bool {
+    drain(queue).0
+}
+
+/// Empties the unsolicited-response queue: whether the server announced new mail, and the
+/// first complaint it made (an untagged `NO`, `BAD` or `BYE`, with its text).
+fn drain(queue: &async_channel::Receiver<UnsolicitedResponse>) -> (bool, Option<String>) {
     let mut new_mail = false;
+    let mut complaint = None;
     while let Ok(response) = queue.try_recv() {
-        if matches!(
-            response,
-            UnsolicitedResponse::Exists(_) | UnsolicitedResponse::Recent(_)
-        ) {
-            new_mail = true;
+        match response {
+            UnsolicitedResponse::Exists(_) | UnsolicitedResponse::Recent(_) => new_mail = true,
+            UnsolicitedResponse::Other(data) if complaint.is_none() => {
+                if let Response::Data { status, outcome } = data.parsed() {
+                    let word = match status {
+                        Status::No => "NO",
+                        Status::Bad => "BAD",
+                        Status::Bye => "BYE",
+                        Status::Ok | Status::PreAuth => continue,
+                    };
+                    let text = outcome.information.as_deref().unwrap_or("").trim();
+                    complaint = Some(herald_bridges::text::truncate(
+                        &format!("{word} {text}"),
+                        300,
+                    ));
+                }
+            }
+            _ => {}
         }
     }
-    new_mail
+    (new_mail, complaint)
+}
+
+/// The alert that names a message skipped as unreadable: herald's own, like a dead letter's
+/// notice (`deliver::notice`), so a person goes and looks at the message on the server.
+fn unreadable_notice(
+    mailbox: &MailboxId,
+    uidvalidity: u32,
+    uid: u32,
+    size: Option<u32>,
+    error: &str,
+) -> Alert {
+    let mut facts = std::collections::BTreeMap::new();
+    facts.insert("uid".into(), serde_json::json!(uid));
+    facts.insert("uidvalidity".into(), serde_json::json!(uidvalidity));
+    facts.insert("size".into(), serde_json::json!(size));
+    facts.insert("error".into(), serde_json::json!(error));
+    facts.insert("attempts".into(), serde_json::json!(POISON_LIMIT));
+    let size_text = size.map_or_else(|| "unknown size".to_owned(), |n| format!("{n} bytes"));
+    Alert {
+        message_id: None,
+        kind: Kind::Other,
+        host: None,
+        user: None,
+        command: None,
+        failed: Some(true),
+        exit_status: None,
+        severity: Severity::Warning,
+        rule: None,
+        title: herald_bridges::text::truncate(
+            &format!("herald could not read message UID {uid} in {mailbox}"),
+            300,
+        ),
+        summary: herald_bridges::text::truncate(
+            &format!("The server failed {POISON_LIMIT} fetches of it ({size_text}): {error}"),
+            500,
+        ),
+        dedup_key: format!("herald:unreadable:{mailbox}:{uidvalidity}:{uid}"),
+        facts,
+        subject: String::new(),
+        from: None,
+        date: None,
+        body: format!(
+            "herald skipped message UID {uid} (UIDVALIDITY {uidvalidity}, {size_text}) in {mailbox} and alerts on the mail after it. The message is still on the server, not marked processed: look at it there (in a Maildir, its file may have the wrong owner or a read error) and at the server's log."
+        ),
+        truncated: false,
+        account: Some(mailbox.account.clone()),
+        mailbox: Some(mailbox.folder.clone()),
+        trusted: None,
+        resolve: false,
+        group_key: None,
+        repeats: None,
+        digest: Vec::new(),
+        digest_more: 0,
+    }
 }
 
 /// A session failure: `Imap` ones are fixed by reconnecting, `Fatal` ones are not.
@@ -586,21 +1030,34 @@ impl From<anyhow::Error> for SessionError {
     }
 }
 
-/// What identifies a message across UIDs and UIDVALIDITYs: its Message-ID, else a hash of
-/// its header block (which holds Date, Received and the rest of its delivery trace).
+/// What identifies a message across UIDs and UIDVALIDITYs: `IDENTITY#DIGEST`, where the
+/// identity is its Message-ID (`mid:`), else a hash of its header block (`hdr:`, the header
+/// holds Date, Received and the rest of its delivery trace), and the digest is a SHA-256 of
+/// the bytes fetched (at most `max_message_bytes`). The digest tells a different message
+/// reusing a Message-ID from a replay of the same one; the identity alone is what herald
+/// before 0.3 stored, which the store still matches (see `store`).
 fn content_key(message_id: Option<&str>, raw: &[u8]) -> String {
+    let identity = match message_id.filter(|id| id.len() > 2) {
+        Some(id) => format!("mid:{id}"),
+        None => {
+            let end = raw
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .or_else(|| raw.windows(2).position(|w| w == b"\n\n"))
+                .unwrap_or(raw.len());
+            format!("hdr:{}", sha256_hex(raw.get(..end).unwrap_or(raw)))
+        }
+    };
+    format!("{identity}#{}", sha256_hex(raw))
+}
+
+/// SHA-256 of `bytes`, in lower-case hex.
+fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    if let Some(id) = message_id.filter(|id| id.len() > 2) {
-        return format!("mid:{id}");
-    }
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .or_else(|| raw.windows(2).position(|w| w == b"\n\n"))
-        .unwrap_or(raw.len());
-    let digest = Sha256::digest(raw.get(..end).unwrap_or(raw));
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("hdr:{hex}")
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Compact UID sets (`1:5,7,9:10`) of at most [`UID_SET_LIMIT`] UIDs each, from sorted UIDs.
@@ -631,14 +1088,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn content_key_prefers_message_id_else_hashes_headers() {
-        assert_eq!(content_key(Some("<a@b>"), b"x"), "mid:<a@b>");
+    fn content_key_is_the_message_id_else_the_headers_and_a_digest_of_the_bytes() {
+        let raw = b"Message-ID: <a@b>\r\n\r\nbody";
+        let key = content_key(Some("<a@b>"), raw);
+        let (identity, digest) = key.rsplit_once('#').unwrap();
+        assert_eq!(identity, "mid:<a@b>");
+        assert_eq!(digest, sha256_hex(raw));
+        assert_eq!(digest.len(), 64);
+        // The same bytes give the same key; a different message reusing the ID does not.
+        assert_eq!(content_key(Some("<a@b>"), raw), key);
+        let forged = content_key(Some("<a@b>"), b"Message-ID: <a@b>\r\n\r\nother");
+        assert_ne!(forged, key);
+        assert!(forged.starts_with("mid:<a@b>#"));
+        // Without a Message-ID (or a useless one), the header block names the message.
         let one = content_key(None, b"Subject: a\r\nDate: 1\r\n\r\nbody one");
-        let same_headers = content_key(None, b"Subject: a\r\nDate: 1\r\n\r\nbody two");
-        let other = content_key(None, b"Subject: a\r\nDate: 2\r\n\r\nbody one");
-        assert_eq!(one, same_headers);
-        assert_ne!(one, other);
-        assert!(one.starts_with("hdr:") && one.len() == 4 + 64);
+        let same_headers = content_key(Some("<>"), b"Subject: a\r\nDate: 1\r\n\r\nbody two");
+        let other = content_key(None, b"Subject: a\nDate: 2\n\nbody one");
+        let identity = |key: &str| key.rsplit_once('#').unwrap().0.to_owned();
+        assert_eq!(identity(&one), identity(&same_headers));
+        assert_ne!(one, same_headers);
+        assert_ne!(identity(&one), identity(&other));
+        assert!(one.starts_with("hdr:") && one.len() == 4 + 64 + 1 + 64);
+    }
+
+    #[test]
+    fn quoted_escapes_for_imap() {
+        assert_eq!(quoted("Alerts/Done"), "\"Alerts/Done\"");
+        assert_eq!(quoted("a\\b"), "\"a\\\\b\"");
+    }
+
+    #[test]
+    fn the_unreadable_notice_names_the_message() {
+        let alert = unreadable_notice(
+            &MailboxId::new("default", "INBOX"),
+            7,
+            42,
+            Some(39),
+            "BYE x",
+        );
+        assert_eq!(
+            alert.title,
+            "herald could not read message UID 42 in default/INBOX"
+        );
+        assert_eq!(alert.severity, Severity::Warning);
+        assert_eq!(alert.kind, Kind::Other);
+        assert!(alert.summary.contains("39 bytes") && alert.summary.contains("BYE x"));
+        assert_eq!(alert.dedup_key, "herald:unreadable:default/INBOX:7:42");
     }
 
     #[test]

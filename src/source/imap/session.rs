@@ -1,6 +1,13 @@
 //! One IMAP session's mechanics: connect (implicit TLS, STARTTLS or plain), log in, select,
 //! IDLE, and every command under the configured timeout.
 //!
+//! A plaintext/TLS mismatch fails in seconds with the `tls` setting the port wants: a
+//! plaintext client at an implicit-TLS port hears no greeting (the server waits for a
+//! ClientHello), so after [`GREETING_PATIENCE`] of silence a second connection asks the port
+//! for TLS ([`herald_bridges::tls::speaks_tls`]); a TLS client at a plaintext port gets
+//! non-TLS bytes, and a second connection reads the greeting it sent. TLS errors are one
+//! sentence saying what to do ([`herald_bridges::tls::explain`]).
+//!
 //! A session whose command was cut short may be mid-response, so every failure here is
 //! returned, never recovered in place: the caller drops the session and makes a new one.
 //! IDLE is left through async-imap's interrupt, never by dropping its future (chatmail's
@@ -20,6 +27,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::{drain_for_new_mail, SessionError};
+
+/// How long a plaintext connection waits for the greeting before checking whether the port
+/// speaks TLS: servers greet at once (Dovecot in milliseconds), so this costs a slow server
+/// only one extra connection, and a mismatch is reported after about this long rather than
+/// after the whole `timeout`.
+const GREETING_PATIENCE: Duration = Duration::from_secs(1);
+
+/// How long a mismatch probe's own connection may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 use crate::config::{ImapConfig, TlsMode};
 use crate::error::chain;
 use crate::metrics::SessionHealth;
@@ -64,8 +80,11 @@ impl Imap {
         let tls = match *config.tls.get_ref() {
             TlsMode::None => None,
             TlsMode::Implicit | TlsMode::Starttls => Some(
-                herald_bridges::tls::client_config(config.ca_file.as_deref())
-                    .map_err(anyhow::Error::msg)?,
+                herald_bridges::tls::client_config(
+                    config.ca_file.as_deref(),
+                    config.tls_fingerprint.as_ref().map(|pin| *pin.get_ref()),
+                )
+                .map_err(anyhow::Error::msg)?,
             ),
         };
         Ok(Imap {
@@ -155,18 +174,54 @@ impl Imap {
         let name = rustls_pki_types::ServerName::try_from(self.config.host.clone())
             .with_context(|| format!("{:?} is not a valid TLS server name", self.config.host))?;
         let connector = tokio_rustls::TlsConnector::from(tls);
-        let stream = timeout(self.config.timeout, connector.connect(name, stream))
-            .await
-            .map_err(|_| anyhow!("TLS handshake timed out"))?
-            .with_context(|| format!("TLS handshake with {} failed", self.config.host))?;
-        Ok(Box::new(stream))
+        let error = match timeout(self.config.timeout, connector.connect(name, stream)).await {
+            Ok(Ok(stream)) => return Ok(Box::new(stream)),
+            Ok(Err(error)) => error,
+            Err(_) => return Err(anyhow!("TLS handshake timed out").into()),
+        };
+        let (host, port) = (self.config.host.as_str(), self.config.port());
+        let greeting = if herald_bridges::tls::is_not_tls(&error) {
+            herald_bridges::tls::plaintext_greeting(host, port, PROBE_TIMEOUT).await
+        } else {
+            None
+        };
+        // One sentence, not a chain: its own words already name rustls' error.
+        let why = match (greeting, herald_bridges::tls::explain(&error)) {
+            (Some(greeting), _) => format!(
+                "port {port} speaks plaintext IMAP, not TLS (it greeted {greeting:?}): set \
+                 tls = \"starttls\" for this port, or give the server's implicit-TLS port \
+                 (usually 993)"
+            ),
+            (None, Some(why)) => why,
+            (None, None) => error.to_string(),
+        };
+        Err(anyhow!("TLS handshake with {host} failed: {why}").into())
     }
 
+    /// Reads the server's greeting on a plaintext connection; a port that stays silent for
+    /// [`GREETING_PATIENCE`] and answers a ClientHello is reported as a TLS port.
     async fn greeting(
         &self,
         client: &mut async_imap::Client<Box<dyn ImapStream>>,
     ) -> Result<(), SessionError> {
-        match timeout(self.config.timeout, client.read_response()).await {
+        let read = timeout(self.config.timeout, client.read_response());
+        tokio::pin!(read);
+        let (host, port) = (self.config.host.as_str(), self.config.port());
+        let speaks_tls = async {
+            tokio::time::sleep(GREETING_PATIENCE).await;
+            herald_bridges::tls::speaks_tls(host, port, PROBE_TIMEOUT).await
+        };
+        let response = tokio::select! {
+            response = &mut read => response,
+            true = speaks_tls => {
+                return Err(anyhow!(
+                    "port {port} speaks TLS and sent no IMAP greeting: set tls = \"implicit\" \
+                     for this port, or give the server's STARTTLS port (usually 143)"
+                )
+                .into())
+            }
+        };
+        match response {
             Err(_) => Err(anyhow!("the server sent no greeting").into()),
             Ok(Err(error)) => Err(anyhow::Error::new(error)
                 .context("cannot read the greeting")
@@ -246,28 +301,43 @@ impl Imap {
         }
     }
 
-    /// Adds `flag` to the messages of `set`.
-    pub(super) async fn store_flag(
+    /// Runs `command`, whose only answer is its completion, under the command timeout.
+    /// `Ok(Err(reply))` when the server refused it (`NO`, `BAD`): the session is intact, its
+    /// caller decides. async-imap's own STORE and EXPUNGE end their streams at the tagged
+    /// reply whatever it says, so a refusal would pass unseen; this reads it.
+    pub(super) async fn checked(
         &self,
         session: &mut Session,
-        set: &str,
-        flag: &str,
-    ) -> Result<(), SessionError> {
-        let query = format!("+FLAGS.SILENT ({flag})");
-        self.command(async {
-            let responses = session.uid_store(set, &query).await?;
-            responses.count().await;
-            Ok(())
-        })
+        command: &str,
+    ) -> Result<Result<(), String>, SessionError> {
+        use async_imap::error::Error;
+        match timeout(
+            self.config.timeout,
+            session.run_command_and_check_ok(command),
+        )
         .await
+        {
+            Ok(Ok(())) => {
+                self.health.contact();
+                Ok(Ok(()))
+            }
+            Ok(Err(Error::No(text) | Error::Bad(text))) => {
+                self.health.contact();
+                Ok(Err(text.trim().to_owned()))
+            }
+            Ok(Err(error)) => Err(anyhow::Error::new(error).into()),
+            Err(_) => Err(anyhow!("IMAP command timed out after {:?}", self.config.timeout).into()),
+        }
     }
 
-    /// IDLEs until the server reports something, the refresh interval passes or `stop`.
-    /// Returns the session to fetch with, or `None` after a clean logout on `stop`.
+    /// IDLEs until the server reports something, the refresh interval passes, `wake` comes
+    /// (a retry the caller has scheduled) or `stop`. Returns the session to fetch with, or
+    /// `None` after a clean logout on `stop`.
     pub(super) async fn idle(
         &self,
         session: Session,
         stop: &CancellationToken,
+        wake: Option<Instant>,
     ) -> Result<Option<Session>, SessionError> {
         // async-imap's `init` files whatever arrives before the `+` continuation (an EXISTS
         // sent right after the last command's completion) in the unsolicited queue, where the
@@ -279,7 +349,8 @@ impl Imap {
             debug!("New mail announced as IDLE began; fetching.");
             return self.command(handle.done()).await.map(Some);
         }
-        let refresh_at = Instant::now() + self.config.idle_refresh;
+        let refresh = Instant::now() + self.config.idle_refresh;
+        let refresh_at = wake.map_or(refresh, |wake| wake.min(refresh));
         let (response, stopped) = {
             let (wait, interrupt) = handle.wait_with_timeout(self.config.idle_keepalive);
             tokio::pin!(wait);

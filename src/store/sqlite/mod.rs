@@ -26,8 +26,8 @@ use herald_bridges::Severity;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{
-    now_ms, Access, AdminStore, Batch, Cursor, Due, IngestStore, MailboxId, OutboxStore, Recent,
-    Result, Routed, Row, RowState, StoreError,
+    now_ms, Access, AdminStore, Batch, Committed, Cursor, Due, IngestStore, MailboxId, OutboxStore,
+    Recent, Result, Reused, Routed, Row, RowState, StoreError,
 };
 
 /// The SQLite store.
@@ -229,6 +229,71 @@ fn insert_alert(
     Ok((inserted > 0).then(|| tx.last_insert_rowid()))
 }
 
+/// The identity part of a content key `IDENTITY#DIGEST` (see the store's docs), where the
+/// digest is 64 hex digits; `None` for a key of another form (an older herald's, a test's).
+fn identity(content_key: &str) -> Option<&str> {
+    let (identity, digest) = content_key.rsplit_once('#')?;
+    (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())).then_some(identity)
+}
+
+/// Whether herald before 0.3 stored `identity` as a whole key: the same message, as it was
+/// identified then (its bytes were not hashed, so this is the best match there is).
+fn legacy_known(tx: &rusqlite::Transaction<'_>, identity: &str) -> rusqlite::Result<bool> {
+    tx.prepare_cached("SELECT 1 FROM alerts WHERE content_key = ?1")?
+        .exists([identity])
+}
+
+/// The earliest other alert stored under the Message-ID identity `identity` (`mid:...`) with
+/// different bytes: its id and title. A range scan of the content-key index.
+fn earlier_with_id(
+    tx: &rusqlite::Transaction<'_>,
+    identity: &str,
+    id: i64,
+) -> rusqlite::Result<Option<(i64, String)>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT id, content_key, coalesce(json_extract(alert, '$.title'), '') FROM alerts
+         WHERE content_key > ?1 AND content_key < ?2 AND id <> ?3 ORDER BY id LIMIT 8",
+    )?;
+    // `#` + 1 is `$`: every key `IDENTITY#...` sorts between the two bounds.
+    let rows = stmt.query_map(
+        params![format!("{identity}#"), format!("{identity}$"), id],
+        |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        },
+    )?;
+    for row in rows {
+        let (earlier, key, title) = row?;
+        // A longer Message-ID that merely starts with this one's falls in the range too.
+        if self::identity(&key) == Some(identity) {
+            return Ok(Some((earlier, title)));
+        }
+    }
+    Ok(None)
+}
+
+/// Moves `mailbox`'s cursor up to `cursor` within `uidvalidity` (never back), or starts it
+/// there under a new UIDVALIDITY.
+fn advance_cursor(
+    tx: &rusqlite::Transaction<'_>,
+    mailbox: &MailboxId,
+    uidvalidity: u32,
+    cursor: u32,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO mailboxes (account, folder, uidvalidity, last_uid) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (account, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity,
+             last_uid = max(excluded.last_uid,
+                            CASE WHEN mailboxes.uidvalidity = excluded.uidvalidity
+                                 THEN mailboxes.last_uid ELSE 0 END)",
+        params![mailbox.account, mailbox.folder, uidvalidity, cursor],
+    )
+    .map(drop)
+}
+
 #[async_trait]
 impl IngestStore for SqliteStore {
     async fn cursor(&self, mailbox: &MailboxId) -> Result<Option<Cursor>> {
@@ -253,7 +318,7 @@ impl IngestStore for SqliteStore {
         .await
     }
 
-    async fn commit(&self, batch: Batch) -> Result<Vec<u32>> {
+    async fn commit_reporting(&self, batch: Batch) -> Result<Committed> {
         let Batch {
             mailbox,
             uidvalidity,
@@ -293,7 +358,7 @@ impl IngestStore for SqliteStore {
                 let (account, folder) = (&mailbox.account, &mailbox.folder);
                 let tx = conn.transaction()?;
                 let now = now_ms();
-                let mut known = Vec::new();
+                let mut committed = Committed::default();
                 {
                     let mut insert_mark = tx.prepare_cached(
                         "INSERT OR IGNORE INTO imap_marks (account, folder, uidvalidity, uid) VALUES (?1, ?2, ?3, ?4)",
@@ -312,29 +377,60 @@ impl IngestStore for SqliteStore {
                         let Some((alert, settled)) = alert else {
                             continue;
                         };
+                        let identity = identity(content_key);
+                        if let Some(identity) = identity {
+                            if legacy_known(&tx, identity)? {
+                                committed.known.push(*uid);
+                                continue;
+                            }
+                        }
                         let source = Some((&mailbox, uidvalidity, *uid));
-                        match insert_alert(&tx, source, Some(content_key), alert, now)? {
-                            None => known.push(*uid),
-                            // An alert that goes nowhere is dispatched as it is stored.
-                            Some(id) => if let Some(fate) = settled {
-                                settle.execute(params![id, now, fate])?;
-                            },
+                        let Some(id) = insert_alert(&tx, source, Some(content_key), alert, now)? else {
+                            committed.known.push(*uid);
+                            continue;
+                        };
+                        // An alert that goes nowhere is dispatched as it is stored.
+                        if let Some(fate) = settled {
+                            settle.execute(params![id, now, fate])?;
+                        }
+                        if let Some(identity) = identity.filter(|i| i.starts_with("mid:")) {
+                            if let Some((earlier_id, earlier_title)) = earlier_with_id(&tx, identity, id)? {
+                                committed.reused.push(Reused { uid: *uid, earlier_id, earlier_title });
+                            }
                         }
                     }
                 }
                 expect::record_sightings(&tx, &sightings, now)?;
-                tx.execute(
-                    "INSERT INTO mailboxes (account, folder, uidvalidity, last_uid) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (account, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity,
-                         last_uid = max(excluded.last_uid,
-                                        CASE WHEN mailboxes.uidvalidity = excluded.uidvalidity
-                                             THEN mailboxes.last_uid ELSE 0 END)",
-                    params![account, folder, uidvalidity, cursor],
-                )?;
+                advance_cursor(&tx, &mailbox, uidvalidity, cursor)?;
                 tx.commit()?;
-                Ok(known)
+                Ok(committed)
             })
             .await
+    }
+
+    async fn skip_unreadable(
+        &self,
+        mailbox: &MailboxId,
+        uidvalidity: u32,
+        uid: u32,
+        notice: Option<Routed>,
+    ) -> Result<()> {
+        let mailbox = mailbox.clone();
+        let notice = notice.as_ref().map(Encoded::of).transpose()?;
+        self.run("cannot record an unreadable message", Durability::Synced, move |conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "DELETE FROM backlog WHERE account = ?1 AND folder = ?2 AND uidvalidity = ?3 AND uid = ?4",
+                params![mailbox.account, mailbox.folder, uidvalidity, uid],
+            )?;
+            if let Some(notice) = notice {
+                // No content key, like a dead letter's notice: herald's own, not a message.
+                insert_alert(&tx, None, None, &notice, now_ms())?;
+            }
+            advance_cursor(&tx, &mailbox, uidvalidity, uid)?;
+            tx.commit()
+        })
+        .await
     }
 
     async fn record_baseline(
@@ -836,3 +932,39 @@ fn lock_path(path: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod identity_tests {
+    use crate::store::testing::{batch, store};
+    use crate::store::Reused;
+
+    const DIGEST_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const DIGEST_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    #[tokio::test]
+    async fn a_reused_message_id_is_stored_and_reported_a_replay_and_an_old_key_are_known() {
+        let (_dir, store) = store().await;
+        let mut b = batch(1, &[1, 2, 3, 4], &["a"], false);
+        b.messages[0].content_key = format!("mid:<x@y>#{DIGEST_A}");
+        b.messages[1].content_key = format!("mid:<x@y>#{DIGEST_B}");
+        b.messages[2].content_key = format!("mid:<x@y>#{DIGEST_A}");
+        // A longer Message-ID starting with the same characters is another message.
+        b.messages[3].content_key = format!("mid:<x@y>#z#{DIGEST_B}");
+        let committed = store.commit_reporting(b).await.unwrap();
+        assert_eq!(committed.known, vec![3]);
+        assert_eq!(committed.reused.len(), 1, "{:?}", committed.reused);
+        let Reused {
+            uid, earlier_title, ..
+        } = &committed.reused[0];
+        assert_eq!(*uid, 2);
+        assert_eq!(earlier_title, &herald_bridges::Alert::sample().title);
+
+        // Keys stored by herald before 0.3 are the identity alone: still the same message.
+        let mut old = batch(1, &[5], &["a"], false);
+        old.messages[0].content_key = "mid:<old@y>".into();
+        store.commit(old).await.unwrap();
+        let mut again = batch(2, &[1], &["a"], false);
+        again.messages[0].content_key = format!("mid:<old@y>#{DIGEST_A}");
+        assert_eq!(store.commit(again).await.unwrap(), vec![1]);
+    }
+}
