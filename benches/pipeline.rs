@@ -179,7 +179,9 @@ async fn drain(n: usize) -> Result<()> {
     let new = dovecot.dir().join("mail").join(dovecot.user()).join("new");
     for i in 0..n {
         let body = format!("job output line {i}\nerror: something failed\n");
-        let command = format!("/usr/local/bin/job-{}", i % 50);
+        // One job per message: each is its own problem, so dispatch notifies every one (with
+        // repeats of one job it would fold them, and the drain would deliver a handful).
+        let command = format!("/usr/local/bin/job-{i}");
         let mail = herald_testkit::cron_mail("web01.example.net", "root", &command, &body);
         let path = new.join(format!("1700000000.M{i}P1.bench"));
         std::fs::write(&path, mail).with_context(|| format!("writing {}", path.display()))?;

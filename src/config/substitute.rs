@@ -24,6 +24,9 @@ const SECRET_KEYS: &[&str] = &[
     "api_key_secret",
     "sasl_password",
     "secret",
+    "access_token",
+    "api_key",
+    "user",
 ];
 
 /// Pass 1 over one table: `${NAME}` in strings, `*_file` twins of secret keys.
