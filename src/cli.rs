@@ -892,3 +892,17 @@ fn classify_text(file: &Path, decision: &Decision) -> String {
         alert.rule.as_deref().unwrap_or("-"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_wire_logger;
+
+    #[test]
+    fn wire_loggers_are_recognised_by_module_path() {
+        assert!(is_wire_logger("async_imap"));
+        assert!(is_wire_logger("async_imap::imap_stream"));
+        assert!(is_wire_logger("imap_proto::parser"));
+        assert!(!is_wire_logger("async_imap_extra"));
+        assert!(!is_wire_logger("herald::source::imap"));
+    }
+}

@@ -398,7 +398,11 @@ fn explain_names_the_expectations_a_mail_feeds_and_the_problem_it_resolves() {
     );
     let ok = herald_testkit::cron_mail("db02.example.net", "root", "/bin/true", "ok\n");
     let v = f.classify(&f.mail("ok.eml", &ok));
-    assert_eq!(v["expects"], json!(["db02-ok"]), "a dropped mail still feeds it");
+    assert_eq!(
+        v["expects"],
+        json!(["db02-ok"]),
+        "a dropped mail still feeds it"
+    );
     assert!(v.get("resolves").is_none(), "dropped: it resolves nothing");
     let failure = f.classify(&f.mail("backup.eml", &backup_mail()));
     assert_eq!(failure["expects"], json!(["elsewhere"]));

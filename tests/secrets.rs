@@ -47,7 +47,7 @@ headers = {{ Authorization = "Bearer {HEADER_TOKEN}" }}
 [sinks.pd]
 type = "pagerduty"
 routing_key = "{ROUTING_KEY}"
-url = "{pager}/v2/enqueue"
+url = "http://127.0.0.1:{pager_port}/v2/enqueue"
 
 [[rules]]
 name = "cron-failures"
@@ -57,7 +57,7 @@ sinks = ["hook", "pd"]
         port = dovecot.port(),
         state = dir.path().join("herald.db").display(),
         hook = hook.url(),
-        pager = format!("http://127.0.0.1:{}", pager.port()),
+        pager_port = pager.port(),
     );
     std::fs::write(&config, text).expect("writing the configuration");
 

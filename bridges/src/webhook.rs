@@ -8,6 +8,11 @@
 //! receivers that verify it); a digest stays small because dispatch lists at most
 //! [`Alert::DIGEST_MAX_MEMBERS`] members and members carry no mail body.
 //!
+//! The fields are the mail's text as decoded, format characters (U+202E, zero-width
+//! spaces) included: the body is data for programs, JSON-escaped, and the same as
+//! `classify --json` prints; a receiver that shows it to people sanitises it as the chat
+//! sinks do (`herald_bridges::text::strip_format`).
+//!
 //! # Signature
 //!
 //! With `secret` set, every request carries Standard Webhooks headers \[SW\]
