@@ -17,6 +17,9 @@
 //! - A reminder shows a "Repeats" field ("37 since 03:00").
 //!
 //! Guarantees:
+//! - Mail text cannot format: the fields, the summary and a digest's list are `plain_text`
+//!   objects (mrkdwn has no escape for `*`, `_`, `~` \[SL-FMT-NOESC\]); only the body
+//!   excerpt is mrkdwn, inside a code block, which Slack does not format.
 //! - Mail text cannot mention or link: `&`, `<`, `>` are escaped in every string \[SL-FMT\],
 //!   so `<!channel>`, `<@U…>`, `<!subteam^…>` cannot form, and without `link_names`/`parse`
 //!   a literal `@channel` stays text \[SL-FMT-OLD\]. Backtick runs are broken with a
@@ -237,7 +240,7 @@ pub fn payload(alert: &Alert, channel: Option<&str>, template: Option<&Template>
         .take(MAX_FIELDS)
         .map(|(name, value)| {
             let value = fit_chars(&one_line(&value, usize::MAX), FIELD_CHARS, escape);
-            json!({"type": "mrkdwn", "text": format!("*{name}*\n{value}")})
+            plain(format!("{name}: {value}"))
         })
         .collect();
     blocks.push(json!({"type": "section", "fields": fields}));
@@ -252,7 +255,8 @@ pub fn payload(alert: &Alert, channel: Option<&str>, template: Option<&Template>
         }
         _ => {
             if !alert.summary.trim().is_empty() {
-                blocks.push(section(fit_chars(&alert.summary, SECTION_CHARS, escape)));
+                let summary = fit_chars(&alert.summary, SECTION_CHARS, escape);
+                blocks.push(json!({"type": "section", "text": plain(summary)}));
             }
             // A digest's body is not its members' (its list follows); a recovery's is noise.
             let excerpt = present::excerpt(alert);
@@ -265,7 +269,7 @@ pub fn payload(alert: &Alert, channel: Option<&str>, template: Option<&Template>
     }
     let (members, _) = present::digest_lines(alert, usize::MAX, SECTION_CHARS, escape);
     if !members.is_empty() {
-        blocks.push(section(members.join("\n")));
+        blocks.push(json!({"type": "section", "text": plain(members.join("\n"))}));
     }
     let mut message = json!({
         "text": text,
@@ -280,8 +284,17 @@ pub fn payload(alert: &Alert, channel: Option<&str>, template: Option<&Template>
     message
 }
 
+/// A `section` in mrkdwn: for the code-block excerpt (mrkdwn does not format inside a code
+/// block, and its backtick runs are broken) and the operator's own template.
 fn section(text: String) -> Value {
     json!({"type": "section", "text": {"type": "mrkdwn", "text": text}})
+}
+
+/// A `plain_text` object: mail text shown as written. mrkdwn has no escape for `*`, `_`, `~`
+/// or backticks \[SL-FMT-NOESC\], so mail text outside the code block goes here, where
+/// none of them formats (the three-character escape still applies \[SL-FMT\]).
+fn plain(text: String) -> Value {
+    json!({"type": "plain_text", "text": text, "emoji": false})
 }
 
 /// Classifies an incoming-webhook answer: 2xx (body `ok`) delivered; otherwise the default

@@ -42,9 +42,9 @@ async fn normal_alert_is_delivered_as_documented() {
     assert_eq!(body["blocks"][0]["type"], "header");
     let fields = body["blocks"][1]["fields"].to_string();
     for fact in [
-        "*Host*\\nweb01.example.net",
-        "*User*\\nroot",
-        "*Command*\\n/usr/local/bin/backup.sh",
+        "Host: web01.example.net",
+        "User: root",
+        "Command: /usr/local/bin/backup.sh",
     ] {
         assert!(fields.contains(fact), "{fact} in {fields}");
     }
@@ -75,6 +75,31 @@ async fn hostile_alert_is_escaped_and_within_limits() {
         .as_str()
         .unwrap()
         .contains("more lines]"));
+}
+
+#[tokio::test]
+async fn mail_text_cannot_format() {
+    let (server, config) = webhook_server(vec![]).await;
+    let mut alert = Alert::sample();
+    alert.summary = "*urgent* _call_ ~now~ `rm`".into();
+    alert.host = Some("*web01*".into());
+    assert_eq!(build(&config).deliver(&alert).await, Outcome::Delivered);
+    let body = server.requests()[0].json();
+    // Everything from the mail outside the code block is plain_text, where mrkdwn's
+    // unescapable `*`, `_`, `~` do nothing.
+    for block in body["blocks"].as_array().unwrap() {
+        let texts: Vec<&serde_json::Value> = block["fields"]
+            .as_array()
+            .map(|f| f.iter().collect())
+            .unwrap_or_else(|| vec![&block["text"]]);
+        for text in texts {
+            let shown = text["text"].as_str().unwrap_or_default();
+            if text["type"] == "mrkdwn" {
+                assert!(shown.starts_with("```"), "mail text in mrkdwn: {shown}");
+            }
+        }
+    }
+    assert!(body.to_string().contains("*urgent* _call_ ~now~"));
 }
 
 #[tokio::test]
@@ -338,5 +363,5 @@ fn reminder_shows_its_repeats() {
     let config = webhook("https://hooks.slack.com/services/T0/B0/x".into(), "off");
     let body = config.render(&reminder_alert());
     let fields = body["blocks"][1]["fields"].to_string();
-    assert!(fields.contains("*Repeats*\\n37 since 03:00"), "{fields}");
+    assert!(fields.contains("Repeats: 37 since 03:00"), "{fields}");
 }
