@@ -7,7 +7,10 @@
 //!     notices for 500 ms by design, so that is the floor);
 //! (b) the time to drain 10,000 messages already in the mailbox at start;
 //! (c) herald's peak RSS (VmHWM) in each phase, and what each extra watched mailbox adds
-//!     (one folder, then nine, each with a message delivered so every session has worked).
+//!     (one folder, then nine, each with a message delivered so every session has worked);
+//! (d) the hostile corpus: a 50 MB message, one of 100,000 MIME parts, one nested 5,000
+//!     multiparts deep and one with 100,000 header lines, then a cron failure; herald's peak
+//!     RSS while it alerts on all five, and that it stays up.
 //! Targets: p50 within 5 ms of Dovecot's notice; ≥ 4,000 messages/s drained; peak RSS ≤ 15 MB
 //! with one mailbox; at most 1 MB more per extra mailbox.
 //! `HERALD_BENCH_LATENCY_N` and `HERALD_BENCH_DRAIN_N` change the message counts.
@@ -37,7 +40,8 @@ fn main() -> Result<()> {
             println!("herald pipeline benchmark (Dovecot on loopback, webhook sink)");
             latency(latency_n).await?;
             drain(drain_n).await?;
-            mailboxes().await
+            mailboxes().await?;
+            hostile().await
         })
 }
 
@@ -212,6 +216,88 @@ async fn drain(n: usize) -> Result<()> {
     println!("    first alert after {}", ms(first.unwrap_or_default()));
     println!(
         "    herald peak RSS: {:.1} MB   (target: <= 15 MB)",
+        rss as f64 / 1024.0
+    );
+    Ok(())
+}
+
+/// The hostile corpus, each message as written: what strangers can put in a mailbox.
+fn hostile_corpus() -> Vec<(&'static str, Vec<u8>)> {
+    let head = |subject: &str, content_type: &str| {
+        format!(
+            "From: stranger@example.org\r\nTo: root@localhost\r\nSubject: {subject}\r\n\
+             Message-ID: <{subject}@example.org>\r\nMIME-Version: 1.0\r\nContent-Type: {content_type}\r\n\r\n"
+        )
+    };
+    let mut huge = head("huge", "text/plain").into_bytes();
+    let line = b"0123456789 the quick brown fox jumps over the lazy dog 0123456789\r\n";
+    while huge.len() < 50 << 20 {
+        huge.extend_from_slice(line);
+    }
+    let mut parts = head("parts", "multipart/mixed; boundary=\"b\"");
+    for i in 0..100_000 {
+        parts.push_str(&format!("--b\r\nContent-Type: text/plain\r\n\r\npart {i}\r\n"));
+    }
+    parts.push_str("--b--\r\n");
+    let mut nested = head("nested", "multipart/mixed; boundary=\"n0\"");
+    for i in 1..5_000 {
+        nested.push_str(&format!(
+            "--n{}\r\nContent-Type: multipart/mixed; boundary=\"n{i}\"\r\n\r\n",
+            i - 1
+        ));
+    }
+    nested.push_str("--n4999\r\nContent-Type: text/plain\r\n\r\ndeep\r\n");
+    let mut headers = String::from("From: stranger@example.org\r\nSubject: headers\r\n");
+    for i in 0..100_000 {
+        headers.push_str(&format!("X-Filler-{i}: {i}\r\n"));
+    }
+    headers.push_str("\r\nbody\r\n");
+    let sentinel = herald_testkit::cron_mail(
+        "web01.example.net",
+        "root",
+        "/usr/local/bin/after-the-storm",
+        "error: still here\n",
+    );
+    vec![
+        ("huge", huge),
+        ("parts", parts.into_bytes()),
+        ("nested", nested.into_bytes()),
+        ("headers", headers.into_bytes()),
+        ("sentinel", sentinel),
+    ]
+}
+
+async fn hostile() -> Result<()> {
+    let dovecot = Dovecot::start().await?;
+    let mut receiver = Receiver::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = config(dir.path(), &dovecot, &receiver)?;
+    let mut raw = RawImap::connect(dovecot.port(), dovecot.user(), dovecot.password()).await?;
+    raw.select("INBOX").await?;
+    raw.logout().await?;
+    // Written straight into the Maildir (as a local delivery agent would), in order.
+    let new = dovecot.dir().join("mail").join(dovecot.user()).join("new");
+    let corpus = hostile_corpus();
+    for (i, (_, mail)) in corpus.iter().enumerate() {
+        let path = new.join(format!("1700000000.M{i}P1.hostile"));
+        std::fs::write(&path, mail)?;
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534))?;
+    }
+    println!();
+    println!("(d) hostile corpus: 50 MB message, 100,000 parts, 5,000-deep nesting, 100,000 headers, then a cron failure");
+    let mut herald = start(&config)?;
+    for (name, _) in &corpus {
+        receiver
+            .next(Duration::from_secs(60))
+            .await
+            .with_context(|| format!("no alert for {name}\n{}", herald.stderr()))?;
+    }
+    let rss = peak_rss_kib(herald.pid())?;
+    herald.sigterm()?;
+    let status = herald.wait_exit(Duration::from_secs(30)).await?;
+    println!(
+        "    all {} alerted; herald exited {status} at SIGTERM; peak RSS: {:.1} MB   (target: <= 15 MB)",
+        corpus.len(),
         rss as f64 / 1024.0
     );
     Ok(())
