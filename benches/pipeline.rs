@@ -236,7 +236,9 @@ fn hostile_corpus() -> Vec<(&'static str, Vec<u8>)> {
     }
     let mut parts = head("parts", "multipart/mixed; boundary=\"b\"");
     for i in 0..100_000 {
-        parts.push_str(&format!("--b\r\nContent-Type: text/plain\r\n\r\npart {i}\r\n"));
+        parts.push_str(&format!(
+            "--b\r\nContent-Type: text/plain\r\n\r\npart {i}\r\n"
+        ));
     }
     parts.push_str("--b--\r\n");
     let mut nested = head("nested", "multipart/mixed; boundary=\"n0\"");

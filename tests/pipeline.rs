@@ -253,19 +253,7 @@ async fn starttls_and_implicit_tls_with_a_private_ca() {
         };
         let state = tempfile::tempdir().expect("tempdir");
         let config = write_config(env.dir.path(), state.path(), &imap, &env.receiver);
-        let mut herald = start_herald(&config).await;
-        env.dovecot
-            .append("INBOX", &plain_mail(tls, "x\n"))
-            .await
-            .expect("append");
-        let got = env
-            .receiver
-            .next(DEADLINE)
-            .await
-            .unwrap_or_else(|e| panic!("{tls}: {e:#}\n{}", herald.stderr()));
-        assert_eq!(got.body["title"], tls);
-        herald.sigterm().expect("sigterm");
-        herald.wait_exit(DEADLINE).await.expect("exit");
+        common::one_alert_through(&config, &env.dovecot, &mut env.receiver, tls).await;
     }
 }
 

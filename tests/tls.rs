@@ -8,9 +8,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{start_herald, write_config, Imap, DEADLINE};
+use common::{write_config, Imap, DEADLINE};
 use herald_bridges::tls::Fingerprint;
-use herald_testkit::{plain_mail, Dovecot, HeraldProcess, Receiver};
+use herald_testkit::{Dovecot, HeraldProcess, Receiver};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
@@ -99,19 +99,7 @@ async fn mail_arrives_over_a_pinned_certificate() {
         let imap = imap(tls, port).with(&line);
         let state = tempfile::tempdir().expect("tempdir");
         let config = write_config(env.dir.path(), state.path(), &imap, &env.receiver);
-        let mut herald = start_herald(&config).await;
-        env.dovecot
-            .append("INBOX", &plain_mail(tls, "x\n"))
-            .await
-            .expect("append");
-        let got = env
-            .receiver
-            .next(DEADLINE)
-            .await
-            .unwrap_or_else(|e| panic!("{tls}: {e:#}\n{}", herald.stderr()));
-        assert_eq!(got.body["title"], tls);
-        herald.sigterm().expect("sigterm");
-        herald.wait_exit(DEADLINE).await.expect("exit");
+        common::one_alert_through(&config, &env.dovecot, &mut env.receiver, tls).await;
     }
 }
 

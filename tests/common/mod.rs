@@ -93,6 +93,28 @@ pub async fn start_herald(config: &Path) -> HeraldProcess {
     herald
 }
 
+/// Starts herald on `config`, appends a mail titled `title` to INBOX, waits for its alert
+/// at `receiver`, and stops herald: one alert end to end over whatever `config` says.
+pub async fn one_alert_through(
+    config: &Path,
+    dovecot: &Dovecot,
+    receiver: &mut Receiver,
+    title: &str,
+) {
+    let mut herald = start_herald(config).await;
+    dovecot
+        .append("INBOX", &herald_testkit::plain_mail(title, "x\n"))
+        .await
+        .expect("append");
+    let got = receiver
+        .next(DEADLINE)
+        .await
+        .unwrap_or_else(|e| panic!("{title}: {e:#}\n{}", herald.stderr()));
+    assert_eq!(got.body["title"], title);
+    herald.sigterm().expect("sigterm");
+    herald.wait_exit(DEADLINE).await.expect("exit");
+}
+
 /// Spawns the herald binary with the test password in its environment and debug logs.
 pub fn spawn(args: &[&str]) -> HeraldProcess {
     spawn_env(args, &[])
