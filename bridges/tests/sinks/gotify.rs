@@ -4,8 +4,6 @@ use std::time::Duration;
 
 use herald_bridges::gotify;
 use proptest::prelude::*;
-use reqwest::header::HeaderMap;
-use reqwest::StatusCode;
 use serde_json::json;
 
 use super::ntfy::{any_alert, check_accounted, check_plain};
@@ -145,23 +143,7 @@ async fn answers_are_classified() {
 
 #[test]
 fn status_table() {
-    for code in 100..=599u16 {
-        let status = StatusCode::from_u16(code).unwrap();
-        let outcome = gotify::classify(status, &HeaderMap::new(), "");
-        let expected = match code {
-            200..=299 => "delivered",
-            408 | 429 => "retry",
-            501 => "rejected",
-            500..=599 => "retry",
-            _ => "rejected",
-        };
-        let got = match outcome {
-            Outcome::Delivered => "delivered",
-            Outcome::Retry { .. } => "retry",
-            Outcome::Rejected { .. } => "rejected",
-        };
-        assert_eq!(got, expected, "{code}");
-    }
+    super::status_tables::assert_default_table(gotify::classify, "");
 }
 
 proptest! {

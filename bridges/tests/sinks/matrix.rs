@@ -243,7 +243,7 @@ async fn refusals_are_rejected() {
 
 #[test]
 fn status_table() {
-    super::telegram::assert_default_table(
+    super::status_tables::assert_default_table(
         matrix::classify,
         r#"{"errcode":"M_UNKNOWN","error":"x"}"#,
     );

@@ -7,8 +7,6 @@ use base64::Engine as _;
 use herald_bridges::present::PlainLimits;
 use herald_bridges::{ntfy, Severity};
 use proptest::prelude::*;
-use reqwest::header::HeaderMap;
-use reqwest::StatusCode;
 use serde_json::json;
 
 use super::server::{Reply, Request, Server};
@@ -256,23 +254,7 @@ async fn rate_limits_and_server_errors_are_retried() {
 
 #[test]
 fn status_table() {
-    for code in 100..=599u16 {
-        let status = StatusCode::from_u16(code).unwrap();
-        let outcome = ntfy::classify(status, &HeaderMap::new(), r#"{"code":1,"error":"e"}"#);
-        let expected = match code {
-            200..=299 => "delivered",
-            408 | 429 => "retry",
-            501 => "rejected",
-            500..=599 => "retry",
-            _ => "rejected",
-        };
-        let got = match outcome {
-            Outcome::Delivered => "delivered",
-            Outcome::Retry { .. } => "retry",
-            Outcome::Rejected { .. } => "rejected",
-        };
-        assert_eq!(got, expected, "{code}");
-    }
+    super::status_tables::assert_default_table(ntfy::classify, r#"{"code":1,"error":"e"}"#);
 }
 
 /// An arbitrary alert: hostile text of any Unicode, any severity, sometimes a recovery.

@@ -250,7 +250,7 @@ async fn refusals_are_rejected_and_outages_retried() {
 
 #[test]
 fn status_table() {
-    super::telegram::assert_default_table(opsgenie::classify, r#"{"message":"m","took":0.0}"#);
+    super::status_tables::assert_default_table(opsgenie::classify, r#"{"message":"m","took":0.0}"#);
 }
 
 #[test]

@@ -99,3 +99,12 @@ fn webhook_table() {
         assert_eq!(kind(&outcome), default_table(code), "{code}");
     });
 }
+
+/// Every status from 100 to 599 through `classify` with `body`: the default table. The sinks
+/// that keep it (and only word their reasons differently) share this check.
+pub fn assert_default_table(classify: fn(StatusCode, &HeaderMap, &str) -> Outcome, body: &str) {
+    for code in 100..=599u16 {
+        let outcome = classify(StatusCode::from_u16(code).unwrap(), &HeaderMap::new(), body);
+        assert_eq!(kind(&outcome), default_table(code), "{code}");
+    }
+}

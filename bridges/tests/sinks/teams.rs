@@ -257,5 +257,5 @@ async fn template_replaces_the_summary() {
 
 #[test]
 fn status_table() {
-    super::telegram::assert_default_table(teams::classify, "");
+    super::status_tables::assert_default_table(teams::classify, "");
 }

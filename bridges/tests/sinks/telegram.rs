@@ -3,8 +3,6 @@
 use std::time::Duration;
 
 use herald_bridges::telegram;
-use reqwest::header::HeaderMap;
-use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use super::server::{Reply, Request, Server};
@@ -283,30 +281,9 @@ async fn server_errors_are_retried() {
     assert_eq!(server.requests().len(), 2);
 }
 
-/// Every status from 100 to 599 through `classify` with `body`: the default table (2xx
-/// delivered; 408, 429 and 5xx but 501 retried; the rest rejected). The new sinks share it.
-pub fn assert_default_table(classify: fn(StatusCode, &HeaderMap, &str) -> Outcome, body: &str) {
-    for code in 100..=599u16 {
-        let outcome = classify(StatusCode::from_u16(code).unwrap(), &HeaderMap::new(), body);
-        let expected = match code {
-            200..=299 => "delivered",
-            408 | 429 => "retry",
-            501 => "rejected",
-            500..=599 => "retry",
-            _ => "rejected",
-        };
-        let got = match outcome {
-            Outcome::Delivered => "delivered",
-            Outcome::Retry { .. } => "retry",
-            Outcome::Rejected { .. } => "rejected",
-        };
-        assert_eq!(got, expected, "{code}");
-    }
-}
-
 #[test]
 fn status_table() {
-    assert_default_table(telegram::classify, r#"{"ok":true,"result":{}}"#);
+    super::status_tables::assert_default_table(telegram::classify, r#"{"ok":true,"result":{}}"#);
 }
 
 #[test]
