@@ -13,7 +13,10 @@
 //!     RSS while it alerts on all five, and that it stays up.
 //! Targets: p50 within 5 ms of Dovecot's notice; ≥ 4,000 messages/s drained; peak RSS ≤ 15 MB
 //! with one mailbox; at most 1 MB more per extra mailbox.
-//! `HERALD_BENCH_LATENCY_N` and `HERALD_BENCH_DRAIN_N` change the message counts.
+//! `HERALD_BENCH_LATENCY_N` and `HERALD_BENCH_DRAIN_N` change the message counts;
+//! `HERALD_BENCH_BIN` runs another herald binary than this build's, e.g. the static musl build
+//! the container image and the Debian package ship (its RSS is what a deployment sees:
+//! no shared C library mapped beside it).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -38,6 +41,7 @@ fn main() -> Result<()> {
             let latency_n = count("HERALD_BENCH_LATENCY_N", 60);
             let drain_n = count("HERALD_BENCH_DRAIN_N", 10_000);
             println!("herald pipeline benchmark (Dovecot on loopback, webhook sink)");
+            println!("    binary: {}", herald_binary().display());
             latency(latency_n).await?;
             drain(drain_n).await?;
             mailboxes().await?;
@@ -68,9 +72,15 @@ fn config_with(dir: &Path, dovecot: &Dovecot, receiver: &Receiver, imap: &str) -
     Ok(path)
 }
 
+/// The herald binary measured: `HERALD_BENCH_BIN`, or this build's.
+fn herald_binary() -> PathBuf {
+    std::env::var_os("HERALD_BENCH_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_herald")), PathBuf::from)
+}
+
 fn start(config: &Path) -> Result<HeraldProcess> {
     HeraldProcess::spawn(
-        Path::new(env!("CARGO_BIN_EXE_herald")),
+        &herald_binary(),
         &["run", "-c", config.to_str().context("path")?],
         &[("HERALD_LOG", "warn")],
     )
