@@ -479,16 +479,16 @@ impl Supervision {
                     notifier.send(&status);
                     said = status;
                 }
-                if let Some(interval) = watchdog {
+                // Before the first probe came back there is nothing to say either way.
+                let probed = heartbeat.load(Ordering::Relaxed) > 0;
+                if let (Some(interval), true) = (watchdog, probed) {
                     let now = tokio::time::Instant::now();
                     if now >= next_pet {
                         next_pet = now + interval;
                         // Alive: the store answered within the watchdog's half period.
                         let age =
                             millis_since(origin).saturating_sub(heartbeat.load(Ordering::Relaxed));
-                        if heartbeat.load(Ordering::Relaxed) > 0
-                            && age <= u64::try_from(interval.as_millis()).unwrap_or(u64::MAX)
-                        {
+                        if age <= u64::try_from(interval.as_millis()).unwrap_or(u64::MAX) {
                             notifier.send("WATCHDOG=1");
                             withheld = false;
                         } else if !withheld {
