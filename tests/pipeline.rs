@@ -289,12 +289,13 @@ async fn wrong_password_unreachable_server_and_missing_mailbox_are_reported_and_
         (
             Imap::plain(&env.dovecot).with("timeout = \"5s\""),
             "password",
-            "login as \"herald\" refused",
+            // As logfmt writes the error's quotes.
+            "login as \\\"herald\\\" refused",
         ),
         (
             Imap::plain(&env.dovecot).with("mailbox = \"Nope\""),
             "mailbox",
-            "cannot select mailbox \"Nope\"",
+            "cannot select mailbox \\\"Nope\\\"",
         ),
         (
             Imap {
@@ -531,7 +532,8 @@ async fn check_connect_logs_in_or_says_why_not() {
     let status = refused.wait_exit(DEADLINE).await.expect("exit");
     assert_eq!(status.code(), Some(1), "{}", refused.stderr());
     assert!(
-        refused.stderr().contains("login as \"herald\" refused"),
+        // As logfmt writes the error's quotes.
+        refused.stderr().contains("login as \\\"herald\\\" refused"),
         "{}",
         refused.stderr()
     );
