@@ -139,7 +139,9 @@ pub async fn run_reloading(
     }
     // After a fatal error the pipeline may already be gone (a failed reload restart).
     if let Some(pipeline) = pipeline.take() {
-        pipeline.stop(config.server.shutdown_timeout).await;
+        pipeline
+            .stop(config.server.shutdown_timeout, "shutdown")
+            .await;
     }
     process_stop.cancel();
     match failure {
@@ -216,7 +218,9 @@ async fn reload(current: &Config, running: Running, base: &Base) -> Reloaded {
     let Some(pipeline) = running.take() else {
         return Reloaded::Fatal(anyhow::anyhow!("the pipeline is not running"));
     };
-    pipeline.stop(current.server.shutdown_timeout).await;
+    pipeline
+        .stop(current.server.shutdown_timeout, "reload")
+        .await;
     // Deliveries abandoned at the deadline were never confirmed: attempted again, as after
     // a crash, rather than left `sending` until the next start.
     match base.store.requeue_sending().await {
@@ -389,7 +393,8 @@ impl Pipeline {
     /// Stops the stages source first: the mailboxes leave IDLE and log out, then dispatch
     /// and the workers finish what they are doing, each step bounded by `timeout`; then the
     /// sinks close.
-    async fn stop(mut self, timeout: Duration) {
+    /// `why` names the deadline in the log (`shutdown`, `reload`).
+    async fn stop(mut self, timeout: Duration, why: &str) {
         self.mailbox_stop.cancel();
         drain(
             &mut self.mailboxes,
@@ -401,7 +406,7 @@ impl Pipeline {
         drain(
             &mut self.stages,
             timeout,
-            "Deliveries still in flight at the deadline; they stay queued.",
+            &format!("Deliveries still in flight at the {why} deadline; they stay queued."),
         )
         .await;
         // Long-lived connections (IRC) say goodbye; bounded, since the peer may be gone.
