@@ -5,7 +5,8 @@
 # from the credential-provided password, survives `systemctl reload`, keeps feeding a 5 s
 # watchdog, and runs sandboxed as a non-root user. Not part of scripts/test.sh (it takes a
 # few minutes and needs a Debian mirror); run it as root from anywhere:
-#   scripts/nspawn-test.sh            # builds herald (release) first
+#   scripts/nspawn-test.sh                        # builds herald (release) first
+#   HERALD_BIN=target/debug/herald scripts/nspawn-test.sh   # or tests a given binary
 # Exit 0 when every check passed; the container's journal is printed on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,8 +19,11 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-cargo build --release --quiet
-bin="${CARGO_TARGET_DIR:-target}/release/herald"
+bin="${HERALD_BIN:-}"
+if [ -z "$bin" ]; then
+    cargo build --release --quiet
+    bin="${CARGO_TARGET_DIR:-target}/release/herald"
+fi
 
 work="$(mktemp -d /var/tmp/herald-nspawn.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
@@ -29,7 +33,8 @@ if [ -f "$cache" ]; then
     mkdir -p "$root" && tar -xf "$cache" -C "$root"
 else
     echo "nspawn-test: debootstrap (about 2 minutes) ..."
-    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,dovecot-imapd,curl \
+    # procps: the unit's ExecReload is /bin/kill (as on any standard Debian install).
+    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,dovecot-imapd,procps \
         bookworm "$root" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >/dev/null
     tar -cf "$cache" -C "$root" .
 fi
