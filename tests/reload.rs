@@ -1,7 +1,7 @@
 //! Reload on SIGHUP, end to end against a real Dovecot and loopback webhooks: reloads in the
 //! middle of a stream of mail lose and repeat no alert; an invalid file on reload leaves the
 //! running configuration in charge, logs the located error at ERROR and counts it in
-//! /metrics; a changed rule and a new sink take effect.
+//! /metrics; a changed rule, a new sink and a new folder take effect.
 
 mod common;
 
@@ -183,12 +183,14 @@ async fn an_invalid_file_on_reload_keeps_the_running_configuration() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_changed_rule_and_a_new_sink_take_effect() {
+async fn a_changed_rule_a_new_sink_and_a_new_folder_take_effect() {
     let dovecot = Dovecot::start().await.expect("dovecot");
+    dovecot.create_mailbox("Cron").await.expect("create Cron");
     let mut receiver = Receiver::start().await.expect("receiver");
     let mut pager = Receiver::start().await.expect("second receiver");
     let dir = tempfile::tempdir().expect("tempdir");
-    let config: PathBuf = write_config(dir.path(), dir.path(), &Imap::plain(&dovecot), &receiver);
+    let imap = Imap::plain(&dovecot).with("mailboxes = [\"INBOX\"]");
+    let config: PathBuf = write_config(dir.path(), dir.path(), &imap, &receiver);
     let mut herald = start_herald(&config).await;
 
     dovecot
@@ -199,7 +201,16 @@ async fn a_changed_rule_and_a_new_sink_take_effect() {
     assert_eq!(before.body["title"], "disk full before");
     assert_eq!(before.body["severity"], "info");
 
-    // Mail about full disks now goes to a new sink, as critical.
+    // Mail about full disks now goes to a new sink, as critical; Cron is watched too.
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace(
+            "mailboxes = [\"INBOX\"]",
+            "mailboxes = [\"INBOX\", \"Cron\"]",
+        ),
+    )
+    .expect("config");
     append_to(
         &config,
         &format!(
@@ -223,7 +234,22 @@ async fn a_changed_rule_and_a_new_sink_take_effect() {
     assert_eq!(after.body["title"], "disk full after");
     assert_eq!(after.body["severity"], "critical");
     assert_eq!(after.body["rule"], "disks");
+    herald
+        .wait_for_stderr("mailbox=default/Cron", DEADLINE)
+        .await
+        .expect("the new folder watched");
+    dovecot
+        .append("Cron", &plain_mail("in the new folder", "x\n"))
+        .await
+        .expect("append");
+    let in_cron = receiver.next(DEADLINE).await.expect("alert from Cron");
+    assert_eq!(in_cron.body["title"], "in the new folder");
+    assert_eq!(in_cron.body["mailbox"], "Cron");
     herald.sigterm().expect("sigterm");
     assert!(herald.wait_exit(DEADLINE).await.expect("exit").success());
-    assert_eq!(receiver.count(), 1, "the old sink got only the first alert");
+    assert_eq!(
+        receiver.count(),
+        2,
+        "the old sink got the first alert and Cron's, not the disk one"
+    );
 }
