@@ -14,7 +14,6 @@
 //! so nothing is lost or repeated. Throughout, systemd hears how herald is (`crate::notify`).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +21,7 @@ use anyhow::{Context as _, Result};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::deliver::{Shared, Worker};
@@ -30,7 +29,7 @@ use crate::dispatch::{Clock, Dispatcher, Fanout};
 use crate::error::chain;
 use crate::expect::watch::Watcher;
 use crate::metrics::Metrics;
-use crate::notify::{status_line, Notifier};
+use crate::notify::{imap_status, status_line, Notifier, Supervision};
 use crate::route::Router;
 use crate::source::imap::Mailbox;
 use crate::store::{self, Access, Store};
@@ -101,7 +100,12 @@ pub async fn run_reloading(
             }
         });
     }
-    let supervision = Supervision::spawn(&notifier, &base, process_stop.clone());
+    let supervision = Supervision::spawn(
+        &notifier,
+        store.clone(),
+        metrics.clone(),
+        process_stop.clone(),
+    );
     started(&config);
     notifier.send(&format!("READY=1\n{}", status_line(&imap_status(&metrics))));
 
@@ -419,111 +423,6 @@ impl Pipeline {
             }
         }
     }
-}
-
-/// The IMAP half of `STATUS=`: how many watched mailboxes have a session, and which not.
-fn imap_status(metrics: &Metrics) -> String {
-    let states = metrics.session_states();
-    let up = states.iter().filter(|(_, live)| *live).count();
-    let down: Vec<&str> = states
-        .iter()
-        .filter(|(_, live)| !*live)
-        .map(|(name, _)| name.as_str())
-        .collect();
-    let mut status = format!("IMAP: {up} of {} mailboxes up", states.len());
-    if !down.is_empty() {
-        status.push_str(&format!(" (waiting for {})", down.join(", ")));
-    }
-    status
-}
-
-/// How often `STATUS=` is brought up to date (sent only when it changed).
-const STATUS_POLL: Duration = Duration::from_millis(500);
-
-/// Tells systemd how herald is: `STATUS=` when the IMAP state changes, and `WATCHDOG=1` while
-/// the store answers (see [`crate::notify`]).
-struct Supervision {
-    /// Wakes the status loop at once (after a reload).
-    changed: Arc<Notify>,
-}
-
-impl Supervision {
-    fn spawn(notifier: &Notifier, base: &Base, stop: CancellationToken) -> Supervision {
-        let changed = Arc::new(Notify::new());
-        if !notifier.enabled() {
-            return Supervision { changed };
-        }
-        // The store's heartbeat: when a write probe last came back, in ms after `origin`.
-        let origin = tokio::time::Instant::now();
-        let heartbeat = Arc::new(AtomicU64::new(0));
-        let watchdog = notifier.watchdog_interval();
-        if let Some(interval) = watchdog {
-            let (store, heartbeat, stop) = (base.store.clone(), heartbeat.clone(), stop.clone());
-            tokio::spawn(async move {
-                // One probe at a time: a wedged store holds this one, and no more pile up.
-                loop {
-                    match store.check_writable().await {
-                        Ok(()) => heartbeat.store(millis_since(origin), Ordering::Relaxed),
-                        Err(error) => debug!(error = %chain(&error), "The store probe failed."),
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(interval / 2) => {}
-                        () = stop.cancelled() => break,
-                    }
-                }
-            });
-        }
-        let (notifier, metrics, wake) = (notifier.clone(), base.metrics.clone(), changed.clone());
-        tokio::spawn(async move {
-            let mut said = String::new();
-            let mut next_pet = tokio::time::Instant::now();
-            let mut withheld = false;
-            loop {
-                let status = status_line(&imap_status(&metrics));
-                if status != said {
-                    notifier.send(&status);
-                    said = status;
-                }
-                // Before the first probe came back there is nothing to say either way.
-                let probed = heartbeat.load(Ordering::Relaxed) > 0;
-                if let (Some(interval), true) = (watchdog, probed) {
-                    let now = tokio::time::Instant::now();
-                    if now >= next_pet {
-                        next_pet = now + interval;
-                        // Alive: the store answered within the watchdog's half period.
-                        let age =
-                            millis_since(origin).saturating_sub(heartbeat.load(Ordering::Relaxed));
-                        if age <= u64::try_from(interval.as_millis()).unwrap_or(u64::MAX) {
-                            notifier.send("WATCHDOG=1");
-                            withheld = false;
-                        } else if !withheld {
-                            withheld = true;
-                            warn!(
-                                silent_for_ms = age,
-                                "The store is not answering; no longer telling systemd herald is alive."
-                            );
-                        }
-                    }
-                }
-                let tick = watchdog.map_or(STATUS_POLL, |w| w.min(STATUS_POLL));
-                tokio::select! {
-                    () = tokio::time::sleep(tick) => {}
-                    () = wake.notified() => {}
-                    () = stop.cancelled() => break,
-                }
-            }
-        });
-        Supervision { changed }
-    }
-
-    /// Brings `STATUS=` up to date now.
-    fn changed(&self) {
-        self.changed.notify_one();
-    }
-}
-
-fn millis_since(origin: tokio::time::Instant) -> u64 {
-    u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Why a task that should run until shutdown ended.

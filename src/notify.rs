@@ -9,14 +9,25 @@
 //! within that time, so a wedged herald stops petting the watchdog and systemd restarts it;
 //! `RELOADING=1` and then `READY=1` around a reload; `STOPPING=1` at shutdown.
 //!
+//! [`Supervision`] is the task that decides what to say after READY=1: it polls the IMAP
+//! sessions' state for `STATUS=`, and a store probe of its own for the watchdog.
+//!
 //! Sending never fails the caller: a lost notification is logged at DEBUG, since systemd
 //! either hears the next one or acts on the missing one (a start or watchdog timeout), which
 //! is the right outcome for a herald that cannot reach it.
 
 use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::debug;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::error::chain;
+use crate::metrics::Metrics;
+use crate::store::Store;
 
 /// Where notifications go, read from the environment once.
 #[derive(Debug, Clone)]
@@ -86,6 +97,117 @@ pub fn status_line(text: &str) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     format!("STATUS={line}")
+}
+
+/// The IMAP half of `STATUS=`: how many watched mailboxes have a session, and which not.
+pub fn imap_status(metrics: &Metrics) -> String {
+    let states = metrics.session_states();
+    let up = states.iter().filter(|(_, live)| *live).count();
+    let down: Vec<&str> = states
+        .iter()
+        .filter(|(_, live)| !*live)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let mut status = format!("IMAP: {up} of {} mailboxes up", states.len());
+    if !down.is_empty() {
+        status.push_str(&format!(" (waiting for {})", down.join(", ")));
+    }
+    status
+}
+
+/// How often `STATUS=` is brought up to date (sent only when it changed).
+const STATUS_POLL: Duration = Duration::from_millis(500);
+
+/// Tells systemd how herald is: `STATUS=` when the IMAP state changes, and `WATCHDOG=1` while
+/// the store answers (see [`crate::notify`]).
+pub struct Supervision {
+    /// Wakes the status loop at once (after a reload).
+    changed: Arc<Notify>,
+}
+
+impl Supervision {
+    /// Starts telling systemd (if it listens) until `stop`.
+    pub fn spawn(
+        notifier: &Notifier,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+    ) -> Supervision {
+        let changed = Arc::new(Notify::new());
+        if !notifier.enabled() {
+            return Supervision { changed };
+        }
+        // The store's heartbeat: when a write probe last came back, in ms after `origin`.
+        let origin = tokio::time::Instant::now();
+        let heartbeat = Arc::new(AtomicU64::new(0));
+        let watchdog = notifier.watchdog_interval();
+        if let Some(interval) = watchdog {
+            let (heartbeat, stop) = (heartbeat.clone(), stop.clone());
+            tokio::spawn(async move {
+                // One probe at a time: a wedged store holds this one, and no more pile up.
+                loop {
+                    match store.check_writable().await {
+                        Ok(()) => heartbeat.store(millis_since(origin), Ordering::Relaxed),
+                        Err(error) => debug!(error = %chain(&error), "The store probe failed."),
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(interval / 2) => {}
+                        () = stop.cancelled() => break,
+                    }
+                }
+            });
+        }
+        let (notifier, wake) = (notifier.clone(), changed.clone());
+        tokio::spawn(async move {
+            let mut said = String::new();
+            let mut next_pet = tokio::time::Instant::now();
+            let mut withheld = false;
+            loop {
+                let status = status_line(&imap_status(&metrics));
+                if status != said {
+                    notifier.send(&status);
+                    said = status;
+                }
+                // Before the first probe came back there is nothing to say either way.
+                let probed = heartbeat.load(Ordering::Relaxed) > 0;
+                if let (Some(interval), true) = (watchdog, probed) {
+                    let now = tokio::time::Instant::now();
+                    if now >= next_pet {
+                        next_pet = now + interval;
+                        // Alive: the store answered within the watchdog's half period.
+                        let age =
+                            millis_since(origin).saturating_sub(heartbeat.load(Ordering::Relaxed));
+                        if age <= u64::try_from(interval.as_millis()).unwrap_or(u64::MAX) {
+                            notifier.send("WATCHDOG=1");
+                            withheld = false;
+                        } else if !withheld {
+                            withheld = true;
+                            warn!(
+                                silent_for_ms = age,
+                                "The store is not answering; no longer telling systemd herald is alive."
+                            );
+                        }
+                    }
+                }
+                let tick = watchdog.map_or(STATUS_POLL, |w| w.min(STATUS_POLL));
+                tokio::select! {
+                    () = tokio::time::sleep(tick) => {}
+                    () = wake.notified() => {}
+                    () = stop.cancelled() => break,
+                }
+            }
+        });
+        Supervision { changed }
+    }
+
+    /// Brings `STATUS=` up to date now.
+    pub fn changed(&self) {
+        self.changed.notify_one();
+    }
+}
+
+fn millis_since(origin: tokio::time::Instant) -> u64 {
+    u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
