@@ -342,14 +342,7 @@ fn optional_config(file: Option<&Path>) -> Result<Option<Config>, ConfigError> {
 }
 
 fn check(config: &Config, connect: bool) -> Result<()> {
-    println!(
-        "{}: OK ({} sink{}, {} rule{})",
-        config.path.display(),
-        config.sinks.len(),
-        if config.sinks.len() == 1 { "" } else { "s" },
-        config.rules.len(),
-        if config.rules.len() == 1 { "" } else { "s" },
-    );
+    // The IMAP login first: OK means everything asked for was checked.
     if connect {
         let rt = runtime()?;
         for account in &config.accounts {
@@ -368,7 +361,92 @@ fn check(config: &Config, connect: bool) -> Result<()> {
             );
         }
     }
+    for warning in warnings(config) {
+        eprintln!("warning: {warning}");
+    }
+    println!(
+        "{}: OK ({} sink{}, {} rule{})",
+        config.path.display(),
+        config.sinks.len(),
+        if config.sinks.len() == 1 { "" } else { "s" },
+        config.rules.len(),
+        if config.rules.len() == 1 { "" } else { "s" },
+    );
     Ok(())
+}
+
+/// What `check` warns about: a configuration that is valid but loses alerts or cannot run.
+fn warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if config.default_sinks.is_empty() {
+        warnings.push(
+            "[defaults] sinks is empty: an alert that no rule routes is logged and counted, \
+             never delivered"
+                .to_owned(),
+        );
+        for rule in config.rules.iter().filter(|r| r.falls_to_defaults()) {
+            warnings.push(format!(
+                "rule {:?} routes nowhere: it names no sinks and [defaults] sinks is empty \
+                 (give it sinks, or drop = true to drop on purpose)",
+                rule.name
+            ));
+        }
+    }
+    if config.fallback.is_none() {
+        warnings.push(
+            "[defaults] fallback is not set: a dead letter (an alert a sink rejected for good \
+             or never took) is only logged"
+                .to_owned(),
+        );
+    }
+    if let Err(problem) = writable(&config.state.path) {
+        warnings.push(format!(
+            "[state] path {}: {problem}; herald run will fail",
+            config.state.path.display()
+        ));
+    }
+    warnings
+}
+
+/// Whether this process could write the state at `path` (the database or, before the first
+/// run, a file in the nearest existing directory above it, which `run` creates the rest of).
+/// Tried for real, with a probe file removed at once: permission bits do not tell for root,
+/// ACLs or a read-only mount.
+fn writable(path: &Path) -> Result<(), String> {
+    if path.exists() {
+        return std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map(drop)
+            .map_err(|e| format!("cannot be written ({e})"));
+    }
+    let mut dir = path.parent();
+    while let Some(candidate) = dir {
+        let candidate = if candidate.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            candidate
+        };
+        if candidate.is_dir() {
+            let probe = candidate.join(format!(".herald-check-{}", std::process::id()));
+            return match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&probe)
+            {
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&probe);
+                    Ok(())
+                }
+                Err(e) => Err(format!(
+                    "the directory {} cannot be written ({e})",
+                    candidate.display()
+                )),
+            };
+        }
+        dir = candidate.parent();
+    }
+    Err("no directory above it exists".to_owned())
 }
 
 /// What `classify` prints for each message.
