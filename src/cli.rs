@@ -427,6 +427,9 @@ fn writable(path: &Path) -> Result<(), String> {
         } else {
             candidate
         };
+        if candidate.exists() && !candidate.is_dir() {
+            return Err(format!("{} is not a directory", candidate.display()));
+        }
         if candidate.is_dir() {
             let probe = candidate.join(format!(".herald-check-{}", std::process::id()));
             return match std::fs::OpenOptions::new()
