@@ -245,12 +245,7 @@ pub fn main() -> ExitCode {
             runtime()?.block_on(crate::health::check(listen, timeout))
         }),
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut command(),
-                "herald",
-                &mut std::io::stdout(),
-            );
+            clap_complete::generate(shell, &mut command(), "herald", &mut std::io::stdout());
             Ok(Ok(()))
         }
         Command::Man => Ok(crate::manual::render()
@@ -614,7 +609,10 @@ fn outbox(config: &Config, action: &OutboxAction) -> Result<()> {
                         herald_bridges::text::truncate(&sink, 16),
                         row.attempts,
                         age(row.created_at),
-                        herald_bridges::text::one_line(row.last_error.as_deref().unwrap_or("-"), 40),
+                        herald_bridges::text::one_line(
+                            row.last_error.as_deref().unwrap_or("-"),
+                            40
+                        ),
                         herald_bridges::text::one_line(&row.title, 1000),
                     )?;
                 }

@@ -43,7 +43,9 @@ fn reachable(listen: SocketAddr) -> SocketAddr {
 async fn readyz(address: SocketAddr) -> Result<u16> {
     let mut stream = tokio::net::TcpStream::connect(address)
         .await
-        .with_context(|| format!("cannot connect to http://{address}/readyz (is herald running?)"))?;
+        .with_context(|| {
+            format!("cannot connect to http://{address}/readyz (is herald running?)")
+        })?;
     let request = format!("GET /readyz HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
     stream
         .write_all(request.as_bytes())

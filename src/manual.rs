@@ -48,13 +48,18 @@ pub fn render() -> anyhow::Result<Vec<u8>> {
     roff.control("EE", []);
     roff.control("SH", ["ENVIRONMENT"]);
     for (name, what) in [
-        ("HERALD_CONFIG", "The configuration file, when -c is not given."),
+        (
+            "HERALD_CONFIG",
+            "The configuration file, when -c is not given.",
+        ),
         (
             "HERALD_LOG",
             "The log filter (a tracing EnvFilter: info, debug, herald=debug,...); default info.",
         ),
     ] {
-        roff.control("TP", []).text([bold(name)]).text([roman(what)]);
+        roff.control("TP", [])
+            .text([bold(name)])
+            .text([roman(what)]);
     }
     roff.control("SH", ["FILES"]);
     for (name, what) in [
@@ -64,7 +69,9 @@ pub fn render() -> anyhow::Result<Vec<u8>> {
             "The state: alerts, the outbox, silences and each mailbox's cursor (SQLite).",
         ),
     ] {
-        roff.control("TP", []).text([italic(name)]).text([roman(what)]);
+        roff.control("TP", [])
+            .text([italic(name)])
+            .text([roman(what)]);
     }
     roff.control("SH", ["EXIT STATUS"]);
     roff.text([roman(
@@ -85,11 +92,7 @@ fn commands(roff: &mut Roff, parent: &str, command: &clap::Command) {
     let name = format!("{parent} {}", command.get_name());
     let leaf = command.get_subcommands().next().is_none();
     if leaf {
-        let usage = command
-            .clone()
-            .bin_name(&name)
-            .render_usage()
-            .to_string();
+        let usage = command.clone().bin_name(&name).render_usage().to_string();
         let usage = usage.strip_prefix("Usage: ").unwrap_or(&usage).to_owned();
         roff.control("SS", [usage.as_str()]);
     } else {

@@ -60,14 +60,24 @@ fn config_flag_works_before_and_after_the_subcommand() {
     ] {
         let out = herald(&args, &[]);
         assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
-        assert!(text(&out.stdout).contains("OK (1 sink, 0 rules)"), "{args:?}");
+        assert!(
+            text(&out.stdout).contains("OK (1 sink, 0 rules)"),
+            "{args:?}"
+        );
         // ${VAR:-default} gave the unset password its default; a complete file warns nothing.
-        assert!(!text(&out.stderr).contains("warning:"), "{}", text(&out.stderr));
+        assert!(
+            !text(&out.stderr).contains("warning:"),
+            "{}",
+            text(&out.stderr)
+        );
     }
     // Nested subcommands too: the file is read (its state path is the one asked about).
     let out = herald(&["outbox", "list", "-c", &path, "--json"], &[]);
     assert!(
-        text(&out.stderr).contains(&format!("no state database at {}", dir.path().join("herald.db").display())),
+        text(&out.stderr).contains(&format!(
+            "no state database at {}",
+            dir.path().join("herald.db").display()
+        )),
         "{}",
         text(&out.stderr)
     );
@@ -218,12 +228,18 @@ sinks = ["hook"]
     let out = herald(&["check", "-c", &path], &[]);
     assert_eq!(out.status.code(), Some(0), "warnings are not errors");
     let stderr = text(&out.stderr);
-    let warnings: Vec<&str> = stderr.lines().filter(|l| l.starts_with("warning: ")).collect();
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
     assert_eq!(warnings.len(), 4, "{stderr}");
     assert!(stderr.contains("[defaults] sinks is empty"), "{stderr}");
     assert!(stderr.contains("rule \"cron\" routes nowhere"), "{stderr}");
     assert!(!stderr.contains("rule \"sudo\""), "{stderr}");
-    assert!(stderr.contains("[defaults] fallback is not set"), "{stderr}");
+    assert!(
+        stderr.contains("[defaults] fallback is not set"),
+        "{stderr}"
+    );
     assert!(stderr.contains("is not a directory"), "{stderr}");
     assert!(text(&out.stdout).contains("OK (1 sink, 2 rules)"));
 }
@@ -297,7 +313,10 @@ fn configuration_errors_are_plain_words() {
     );
     let out = herald(&["check", "-c", &write(dir.path(), &bare)], &[]);
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("imap.password: not a value TOML knows"), "{stderr}");
+    assert!(
+        stderr.contains("imap.password: not a value TOML knows"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("s3cr3t"), "{stderr}");
 }
 
@@ -319,8 +338,15 @@ async fn outbox_list_json_and_state_filter_with_whole_titles() {
         .filter(|r| r.state == herald::store::RowState::Dead)
         .count();
     assert!(dead > 0 && dead < rows.len(), "the fixture has both kinds");
-    let longest = rows.iter().map(|r| r.title.clone()).max_by_key(String::len).unwrap();
-    assert!(longest.chars().count() > 24, "a title longer than the old column");
+    let longest = rows
+        .iter()
+        .map(|r| r.title.clone())
+        .max_by_key(String::len)
+        .unwrap();
+    assert!(
+        longest.chars().count() > 24,
+        "a title longer than the old column"
+    );
 
     let path = write(dir.path(), &config(&state, ""));
     let out = herald(&["outbox", "list", "--json", "-c", &path], &[]);
@@ -331,13 +357,24 @@ async fn outbox_list_json_and_state_filter_with_whole_titles() {
         .collect();
     assert_eq!(lines.len(), rows.len());
     for line in &lines {
-        for key in ["id", "state", "sink", "attempts", "created_at", "title", "last_error"] {
+        for key in [
+            "id",
+            "state",
+            "sink",
+            "attempts",
+            "created_at",
+            "title",
+            "last_error",
+        ] {
             assert!(line.get(key).is_some(), "{key} missing: {line}");
         }
     }
     assert!(lines.iter().any(|l| l["title"] == longest.as_str()));
 
-    let out = herald(&["outbox", "list", "--json", "--state", "dead", "-c", &path], &[]);
+    let out = herald(
+        &["outbox", "list", "--json", "--state", "dead", "-c", &path],
+        &[],
+    );
     let dead_lines: Vec<serde_json::Value> = text(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

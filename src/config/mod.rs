@@ -95,7 +95,9 @@ fn deserialize_listen<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<std::net::SocketAddr>, D::Error> {
     let text = String::deserialize(deserializer)?;
-    parse_listen(&text).map(Some).map_err(serde::de::Error::custom)
+    parse_listen(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {

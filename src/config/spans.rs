@@ -97,7 +97,11 @@ pub(super) fn plain_words(message: &str, key: Option<&str>) -> String {
     }
     if let Some(rest) = message.strip_prefix("invalid type: ") {
         if let Some((found, expected)) = rest.split_once(", expected ") {
-            return format!("expected {}, found {}", expected_words(expected), found_words(found));
+            return format!(
+                "expected {}, found {}",
+                expected_words(expected),
+                found_words(found)
+            );
         }
     }
     if let Some(rest) = message.strip_prefix("invalid value: ") {

@@ -158,7 +158,10 @@ mod tests {
         assert!(expand_env("${B}", &env)
             .unwrap_err()
             .contains("B is not set"));
-        assert_eq!(expand_env("${A:-9}/${B:-x:y}/${B:-}", &env).unwrap(), "1/x:y/");
+        assert_eq!(
+            expand_env("${A:-9}/${B:-x:y}/${B:-}", &env).unwrap(),
+            "1/x:y/"
+        );
         let empty = |n: &str| (n == "E").then(String::new);
         assert_eq!(expand_env("${E:-d}", &empty).unwrap(), "d");
         assert_eq!(expand_env("${E}", &empty).unwrap(), "");
