@@ -31,7 +31,8 @@ dpkg-deb -c "$deb" | awk '{ print $6 }' | sed 's|^\./|/|' > "$work/files"
 for path in /usr/bin/herald /lib/systemd/system/herald.service /etc/herald/herald.toml \
     /usr/share/man/man1/herald.1.gz /usr/share/bash-completion/completions/herald \
     /usr/share/zsh/vendor-completions/_herald /usr/share/fish/vendor_completions.d/herald.fish \
-    /usr/share/doc/herald/copyright /usr/share/doc/herald/changelog.Debian.gz; do
+    /usr/share/doc/herald/copyright /usr/share/doc/herald/changelog.gz \
+    /usr/share/doc/herald/config.example.toml; do
     grep -qx "$path" "$work/files" || fail "$path is not in the package"
 done
 if [ -f dist/dovecot/herald-push.lua ]; then
@@ -44,12 +45,10 @@ dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -qx /etc/herald/hera
     || fail "/etc/herald/herald.toml is not a conffile"
 say "file list, ownership and conffile: OK"
 
-# lintian: errors fail; warnings are shown. Tags for what a dpkg-deb build by design lacks
-# (an upstream changelog, a Debian source package) are not herald's to fix here.
-lintian --no-tag-display-limit --suppress-tags no-manual-page,initial-upload-closes-no-bugs,\
-debian-changelog-file-missing-or-wrong-name,no-upstream-changelog,\
-statically-linked-binary,maintainer-address-malformed,maintainer-address-is-on-localhost \
-    "$deb" | tee "$work/lintian" || true
+# lintian: errors fail; warnings are shown. It takes the static-pie binary for a shared
+# library (shared-library-lacks-prerequisites), which it is not.
+lintian --tag-display-limit 0 --suppress-tags shared-library-lacks-prerequisites \
+    "$deb" 2>/dev/null | tee "$work/lintian" || true
 if grep -q '^E:' "$work/lintian"; then fail "lintian reports errors"; fi
 say "lintian: no errors"
 
@@ -70,8 +69,8 @@ in_root getent passwd herald >/dev/null || fail "no herald user"
 [ "$(in_root stat -c '%U:%G %a' /etc/herald/herald.toml)" = "root:herald 640" ] \
     || fail "herald.toml: $(in_root stat -c '%U:%G %a' /etc/herald/herald.toml)"
 in_root /usr/bin/herald version | grep -q "^herald " || fail "herald version"
-# The shipped configuration is valid (as the daemon's user, with its password variable set).
-in_root env IMAP_PASSWORD=x setpriv --reuid=herald --regid=herald --init-groups \
+# The shipped configuration is valid as it is, for the daemon's user.
+in_root setpriv --reuid=herald --regid=herald --init-groups \
     /usr/bin/herald check -c /etc/herald/herald.toml >/dev/null \
     || fail "herald check rejects the shipped configuration"
 zcat "$root/usr/share/man/man1/herald.1.gz" | grep -q '^\.SH CONFIGURATION' || fail "man page"

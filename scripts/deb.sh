@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Debian package herald_VERSION_amd64.deb with dpkg-deb (no cargo-deb, no
 # debhelper): the static musl binary, the systemd unit, /etc/herald/herald.toml as a conffile,
-# the `herald` system user and /var/lib/herald (made by postinst), the man page, the bash, zsh
+# (dist/herald.toml), the `herald` system user and /var/lib/herald (made by postinst), the man page, the bash, zsh
 # and fish completions, and /usr/share/herald/dovecot-push.lua when the repository has it.
 # Usage: scripts/deb.sh [OUTDIR]   (default: the target directory). Prints the .deb's path.
 # HERALD_BINARY=PATH packages that binary instead of building one.
@@ -11,6 +11,8 @@ out="${1:-${CARGO_TARGET_DIR:-target}}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 
+# Who the package says maintains it (DEB_MAINTAINER="Name <address>" to set your own).
+maintainer="${DEB_MAINTAINER:-herald maintainers <herald@example.net>}"
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)"
 arch=amd64
 binary="${HERALD_BINARY:-}"
@@ -25,7 +27,7 @@ trap 'rm -rf "$root"' EXIT
 chmod 0755 "$root"
 
 install -D -m 0755 "$binary" "$root/usr/bin/herald"
-strip --strip-unneeded "$root/usr/bin/herald" 2>/dev/null || true
+strip --strip-unneeded --remove-section=.comment "$root/usr/bin/herald" 2>/dev/null || true
 # The unit is the repository's (dist/herald.service); until it exists, a minimal one.
 install -d "$root/lib/systemd/system"
 if [ -f dist/herald.service ]; then
@@ -53,7 +55,8 @@ WantedBy=multi-user.target
 UNIT
     chmod 0644 "$root/lib/systemd/system/herald.service"
 fi
-install -D -m 0644 config.example.toml "$root/etc/herald/herald.toml"
+# A starting configuration that passes `herald check` as it is; the reference beside the docs.
+install -D -m 0644 dist/herald.toml "$root/etc/herald/herald.toml"
 if [ -f dist/dovecot/herald-push.lua ]; then
     install -D -m 0644 dist/dovecot/herald-push.lua "$root/usr/share/herald/dovecot-push.lua"
 fi
@@ -69,12 +72,13 @@ install -d "$root/usr/share/man/man1" "$root/usr/share/bash-completion/completio
 
 doc="$root/usr/share/doc/herald"
 install -d "$doc"
+install -m 0644 config.example.toml "$doc/config.example.toml"
 cat > "$doc/copyright" <<'COPYRIGHT'
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: herald
 
 Files: *
-Copyright: the herald authors
+Copyright: 2026 the herald authors
 License: MIT or Apache-2.0
  herald may be used under the terms of the MIT license or of the Apache License,
  Version 2.0, at your option.
@@ -82,9 +86,10 @@ License: MIT or Apache-2.0
  On Debian systems, the full text of the Apache License, Version 2.0 can be found in
  /usr/share/common-licenses/Apache-2.0.
 COPYRIGHT
-printf 'herald (%s) unstable; urgency=medium\n\n  * Upstream release %s.\n\n -- herald maintainers <herald@localhost>  %s\n' \
-    "$version" "$version" "$(date -u -R -d "@${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}")" \
-    | gzip -9n > "$doc/changelog.Debian.gz"
+# A native package (no Debian revision): its one changelog is changelog.gz.
+printf 'herald (%s) unstable; urgency=medium\n\n  * Release %s.\n\n -- %s  %s\n' \
+    "$version" "$version" "$maintainer" "$(date -u -R -d "@${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}")" \
+    | gzip -9n > "$doc/changelog.gz"
 chmod 0644 "$doc"/*
 
 install -d "$root/DEBIAN"
@@ -92,7 +97,7 @@ cat > "$root/DEBIAN/control" <<CONTROL
 Package: herald
 Version: $version
 Architecture: $arch
-Maintainer: herald maintainers <herald@localhost>
+Maintainer: $maintainer
 Installed-Size: $(du -sk --exclude=DEBIAN "$root" | cut -f1)
 Depends: adduser
 Section: admin
@@ -127,7 +132,7 @@ if [ -d /run/systemd/system ]; then
     # An upgrade restarts a running herald onto the new binary; a fresh install leaves it to
     # the administrator (`systemctl enable --now herald` once the configuration is written).
     if [ -n "$2" ]; then
-        systemctl try-restart herald.service >/dev/null || true
+        deb-systemd-invoke try-restart herald.service >/dev/null || true
     fi
 fi
 exit 0
@@ -136,7 +141,7 @@ cat > "$root/DEBIAN/prerm" <<'PRERM'
 #!/bin/sh
 set -e
 if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
-    systemctl stop herald.service >/dev/null || true
+    deb-systemd-invoke stop herald.service >/dev/null || true
 fi
 exit 0
 PRERM
@@ -153,6 +158,10 @@ fi
 exit 0
 POSTRM
 chmod 0755 "$root/DEBIAN/postinst" "$root/DEBIAN/prerm" "$root/DEBIAN/postrm"
+
+(cd "$root" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z \
+    | xargs -0 md5sum) > "$root/DEBIAN/md5sums"
+chmod 0644 "$root/DEBIAN/md5sums"
 
 deb="$out/herald_${version}_${arch}.deb"
 dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >&2

@@ -390,3 +390,20 @@ async fn outbox_list_json_and_state_filter_with_whole_titles() {
     let bad = herald(&["outbox", "list", "--state", "lost", "-c", &path], &[]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// The configuration the Debian package installs passes `check` as it is, without warnings
+/// but the state's (this machine may have no /var/lib/herald).
+#[test]
+fn the_packaged_configuration_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/dist/herald.toml");
+    let out = herald(&["check", "-c", path], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("warning:"))
+            .all(|l| l.contains("[state] path")),
+        "{stderr}"
+    );
+}
