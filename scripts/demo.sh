@@ -6,11 +6,9 @@
 # switches to its own system users) from the repository root: scripts/demo.sh
 set -euo pipefail
 
-if ! command -v dovecot >/dev/null 2>&1; then
-    echo "demo: installing dovecot-imapd (Debian) ..."
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null
-fi
+# shellcheck source=scripts/lib/dovecot.sh
+source "$(dirname "$0")/lib/dovecot.sh"
+need_dovecot
 
 echo "demo: building herald ..."
 cargo build --quiet --release --bin herald
@@ -18,19 +16,6 @@ herald_bin="$(pwd)/target/release/herald"
 
 dir="$(mktemp -d /tmp/herald-demo.XXXXXX)"
 chmod 0755 "$dir"
-mkdir -p "$dir/mail" "$dir/run" "$dir/state"
-chown nobody:nogroup "$dir/mail"
-# A free loopback port: a random one nothing answers on.
-port=""
-for _ in $(seq 50); do
-    candidate=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then
-        port=$candidate
-        break
-    fi
-done
-[ -n "$port" ] || { echo "demo: no free port found" >&2; exit 1; }
-
 dovecot_pid=""
 herald_pid=""
 cleanup() {
@@ -40,47 +25,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat > "$dir/dovecot.conf" <<CONF
-protocols = imap
-listen = 127.0.0.1
-base_dir = $dir/run
-state_dir = $dir/state
-log_path = $dir/dovecot.log
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-mail_location = maildir:$dir/mail/%u
-default_internal_user = dovecot
-default_internal_group = dovecot
-default_login_user = dovenull
-first_valid_uid = 1
-passdb {
-  driver = static
-  args = password=secret
-}
-userdb {
-  driver = static
-  args = uid=nobody gid=nogroup home=$dir/mail/%u
-}
-service imap-login {
-  inet_listener imap {
-    port = $port
-  }
-  inet_listener imaps {
-    port = 0
-  }
-  chroot =
-}
-service anvil {
-  chroot =
-}
-CONF
-dovecot -F -c "$dir/dovecot.conf" &
-dovecot_pid=$!
-for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.1
-done
+start_dovecot "$dir/dovecot"
+port=$dovecot_port
 
 cat > "$dir/herald.toml" <<CONF
 [imap]
@@ -114,22 +60,9 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 
-cat > "$dir/cron.eml" <<'MAIL'
-From: root@web01.example.net (Cron Daemon)
-To: root@web01.example.net
-Subject: Cron <root@web01> /usr/local/bin/backup.sh
-MIME-Version: 1.0
-Content-Type: text/plain; charset=UTF-8
-X-Cron-Env: <SHELL=/bin/sh>
-X-Cron-Env: <HOME=/root>
-X-Cron-Env: <LOGNAME=root>
-Message-Id: <demo-1@web01.example.net>
-Date: Tue, 24 Nov 2026 03:00:01 +0000
-
-backup.sh: error: cannot stat /srv/data: No such file or directory
-MAIL
+sample_cron_mail > "$dir/cron.eml"
 echo "demo: delivering a sample cron failure into the mailbox"
-doveadm -c "$dir/dovecot.conf" save -u alerts -m INBOX < "$dir/cron.eml"
+doveadm -c "$dovecot_conf" save -u alerts -m INBOX < "$dir/cron.eml"
 
 for _ in $(seq 100); do
     [ -s "$dir/alerts.txt" ] && break

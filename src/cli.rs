@@ -18,6 +18,10 @@ use crate::store::{self, Access, RowState};
 #[derive(Debug, Parser)]
 #[command(name = "herald", version, about, long_about = None)]
 struct Cli {
+    /// Configuration file [default: $HERALD_CONFIG, ./herald.toml, /etc/herald/herald.toml].
+    // Global: `herald -c FILE check` and `herald check -c FILE` both work.
+    #[arg(short, long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,19 +29,15 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Watch the mailbox and dispatch alerts until SIGTERM/SIGINT; SIGHUP reloads.
-    Run(ConfigArg),
+    Run,
     /// Validate the configuration.
     Check {
-        #[command(flatten)]
-        config: ConfigArg,
         /// Also log in to the IMAP server and select the mailbox.
         #[arg(long)]
         connect: bool,
     },
     /// Show what herald would do with each message; sends nothing.
     Classify {
-        #[command(flatten)]
-        config: ConfigArg,
         /// One JSON object per message (JSON Lines).
         #[arg(long)]
         json: bool,
@@ -53,36 +53,26 @@ enum Command {
     },
     /// Send one test alert through one sink and report the outcome.
     TestSink {
-        #[command(flatten)]
-        config: ConfigArg,
         /// The sink's name, as in `[sinks.NAME]`.
         name: String,
     },
     /// Inspect and act on queued and dead deliveries.
     Outbox {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: OutboxAction,
     },
     /// Silence alerts for a while: matching alerts are counted, never sent.
     Silence {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: SilenceAction,
     },
     /// Show the expectations (`[[expect]]`): when each was last seen, when it is due.
     Expect {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: ExpectAction,
     },
     /// The recent alerts and what became of each: sent, grouped, folded, silenced, dropped.
     Alerts {
-        #[command(flatten)]
-        config: ConfigArg,
         /// How far back to look.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         since: std::time::Duration,
@@ -90,6 +80,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask the running daemon whether it is ready: exit 0 if it is, 1 if not.
+    ///
+    /// Asks `GET /readyz` on `[server] listen`: for container health checks, where there is
+    /// no curl.
+    Health {
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Print a shell completion script to standard output.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page herald(1), in roff, to standard output.
+    Man,
     /// Print the version.
     Version,
 }
@@ -107,7 +113,14 @@ enum ExpectAction {
 #[derive(Debug, Subcommand)]
 enum OutboxAction {
     /// Every delivery not yet made: pending, in flight, or dead.
-    List,
+    List {
+        /// One JSON object per delivery (JSON Lines).
+        #[arg(long)]
+        json: bool,
+        /// Only the deliveries in this state.
+        #[arg(long, value_name = "STATE", value_parser = ["pending", "sending", "dead"])]
+        state: Option<String>,
+    },
     /// Send a pending or dead delivery again, now.
     Retry {
         /// The row's id, from `outbox list`.
@@ -155,11 +168,9 @@ enum SilenceAction {
     },
 }
 
-#[derive(Debug, clap::Args)]
-struct ConfigArg {
-    /// Configuration file [default: $HERALD_CONFIG, ./herald.toml, /etc/herald/herald.toml].
-    #[arg(short, long, value_name = "FILE")]
-    config: Option<PathBuf>,
+/// The command line's definition, for the manual page and the completion scripts.
+pub(crate) fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// Exit statuses, as the spec promises.
@@ -174,8 +185,9 @@ pub fn main() -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     }
     init_logging();
+    let file = cli.config.as_deref();
     let result = match cli.command {
-        Command::Run(arg) => load(&arg).map(|config| {
+        Command::Run => load(file).map(|config| {
             runtime().and_then(|rt| {
                 rt.block_on(async {
                     let reloads = crate::daemon::hangups()?;
@@ -184,14 +196,13 @@ pub fn main() -> ExitCode {
                 })
             })
         }),
-        Command::Check { config, connect } => load(&config).map(|config| check(&config, connect)),
+        Command::Check { connect } => load(file).map(|config| check(&config, connect)),
         Command::Classify {
-            config,
             json,
             explain,
             render,
             files,
-        } => optional_config(&config).map(|config| {
+        } => optional_config(file).map(|config| {
             let output = Output {
                 json,
                 explain,
@@ -199,7 +210,7 @@ pub fn main() -> ExitCode {
             };
             classify(config.as_ref(), output, &files)
         }),
-        Command::TestSink { config, name } => load(&config).and_then(|config| {
+        Command::TestSink { name } => load(file).and_then(|config| {
             let sink = config
                 .sinks
                 .get(&name)
@@ -215,8 +226,8 @@ pub fn main() -> ExitCode {
                 })?;
             Ok(test_sink(&name, &sink))
         }),
-        Command::Outbox { config, action } => load(&config).map(|config| outbox(&config, &action)),
-        Command::Silence { config, action } => {
+        Command::Outbox { action } => load(file).map(|config| outbox(&config, &action)),
+        Command::Silence { action } => {
             // A wrong matcher or time is bad usage: said before the configuration is read,
             // and the state is not touched.
             let action = match SilenceCommand::new(action, store::now_ms()) {
@@ -226,17 +237,27 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            load(&config).map(|config| silence(&config, action))
+            load(file).map(|config| silence(&config, action))
         }
         Command::Expect {
-            config,
             action: ExpectAction::List { json },
-        } => load(&config).map(|config| expect_list(&config, json)),
-        Command::Alerts {
-            config,
-            since,
-            json,
-        } => load(&config).map(|config| alerts(&config, since, json)),
+        } => load(file).map(|config| expect_list(&config, json)),
+        Command::Alerts { since, json } => load(file).map(|config| alerts(&config, since, json)),
+        Command::Health { timeout } => load(file).map(|config| {
+            let listen = config.server.listen.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: [server] listen is not set, so there is no /readyz to ask",
+                    config.path.display()
+                )
+            })?;
+            runtime()?.block_on(crate::health::check(listen, timeout))
+        }),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut command(), "herald", &mut std::io::stdout());
+            Ok(Ok(()))
+        }
+        Command::Man => Ok(crate::manual::render()
+            .and_then(|page| std::io::stdout().write_all(&page).map_err(Into::into))),
         Command::Version => {
             println!("herald {}", env!("CARGO_PKG_VERSION"));
             Ok(Ok(()))
@@ -306,17 +327,17 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn load(arg: &ConfigArg) -> Result<Config, ConfigError> {
-    let config = Config::load(&config::locate(arg.config.as_deref()))?;
+fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+    let config = Config::load(&config::locate(file))?;
     crate::logging::use_config(config.log.format);
     Ok(config)
 }
 
 /// The configuration if one is given or found; `classify` works without one.
-fn optional_config(arg: &ConfigArg) -> Result<Option<Config>, ConfigError> {
-    let path = config::locate(arg.config.as_deref());
+fn optional_config(file: Option<&Path>) -> Result<Option<Config>, ConfigError> {
+    let path = config::locate(file);
     let explicit =
-        arg.config.is_some() || std::env::var_os("HERALD_CONFIG").is_some_and(|v| !v.is_empty());
+        file.is_some() || std::env::var_os("HERALD_CONFIG").is_some_and(|v| !v.is_empty());
     if !explicit && !path.exists() {
         return Ok(None);
     }
@@ -326,14 +347,7 @@ fn optional_config(arg: &ConfigArg) -> Result<Option<Config>, ConfigError> {
 }
 
 fn check(config: &Config, connect: bool) -> Result<()> {
-    println!(
-        "{}: OK ({} sink{}, {} rule{})",
-        config.path.display(),
-        config.sinks.len(),
-        if config.sinks.len() == 1 { "" } else { "s" },
-        config.rules.len(),
-        if config.rules.len() == 1 { "" } else { "s" },
-    );
+    // The IMAP login first: OK means everything asked for was checked.
     if connect {
         let rt = runtime()?;
         for account in &config.accounts {
@@ -352,7 +366,95 @@ fn check(config: &Config, connect: bool) -> Result<()> {
             );
         }
     }
+    for warning in warnings(config) {
+        eprintln!("warning: {warning}");
+    }
+    println!(
+        "{}: OK ({} sink{}, {} rule{})",
+        config.path.display(),
+        config.sinks.len(),
+        if config.sinks.len() == 1 { "" } else { "s" },
+        config.rules.len(),
+        if config.rules.len() == 1 { "" } else { "s" },
+    );
     Ok(())
+}
+
+/// What `check` warns about: a configuration that is valid but loses alerts or cannot run.
+fn warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if config.default_sinks.is_empty() {
+        warnings.push(
+            "[defaults] sinks is empty: an alert that no rule routes is logged and counted, \
+             never delivered"
+                .to_owned(),
+        );
+        for rule in config.rules.iter().filter(|r| r.falls_to_defaults()) {
+            warnings.push(format!(
+                "rule {:?} routes nowhere: it names no sinks and [defaults] sinks is empty \
+                 (give it sinks, or drop = true to drop on purpose)",
+                rule.name
+            ));
+        }
+    }
+    if config.fallback.is_none() {
+        warnings.push(
+            "[defaults] fallback is not set: a dead letter (an alert a sink rejected for good \
+             or never took) is only logged"
+                .to_owned(),
+        );
+    }
+    if let Err(problem) = writable(&config.state.path) {
+        warnings.push(format!(
+            "[state] path {}: {problem}; herald run will fail",
+            config.state.path.display()
+        ));
+    }
+    warnings
+}
+
+/// Whether this process could write the state at `path` (the database or, before the first
+/// run, a file in the nearest existing directory above it, which `run` creates the rest of).
+/// Tried for real, with a probe file removed at once: permission bits do not tell for root,
+/// ACLs or a read-only mount.
+fn writable(path: &Path) -> Result<(), String> {
+    if path.exists() {
+        return std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map(drop)
+            .map_err(|e| format!("cannot be written ({e})"));
+    }
+    let mut dir = path.parent();
+    while let Some(candidate) = dir {
+        let candidate = if candidate.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            candidate
+        };
+        if candidate.exists() && !candidate.is_dir() {
+            return Err(format!("{} is not a directory", candidate.display()));
+        }
+        if candidate.is_dir() {
+            let probe = candidate.join(format!(".herald-check-{}", std::process::id()));
+            return match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&probe)
+            {
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&probe);
+                    Ok(())
+                }
+                Err(e) => Err(format!(
+                    "the directory {} cannot be written ({e})",
+                    candidate.display()
+                )),
+            };
+        }
+        dir = candidate.parent();
+    }
+    Err("no directory above it exists".to_owned())
 }
 
 /// What `classify` prints for each message.
@@ -470,14 +572,26 @@ fn outbox(config: &Config, action: &OutboxAction) -> Result<()> {
     // Listing only reads; retry and drop write beside a running daemon. Neither creates the
     // state or resets the rows a running daemon is delivering.
     let access = match action {
-        OutboxAction::List => Access::ReadOnly,
+        OutboxAction::List { .. } => Access::ReadOnly,
         OutboxAction::Retry { .. } | OutboxAction::Drop { .. } => Access::Admin,
     };
     runtime()?.block_on(async {
         let store = store::open(config.state.path.clone(), access).await?;
         match action {
-            OutboxAction::List => {
-                let rows = store.unsent().await?;
+            OutboxAction::List { json, state } => {
+                let rows: Vec<_> = store
+                    .unsent()
+                    .await?
+                    .into_iter()
+                    .filter(|row| state.as_deref().is_none_or(|s| row.state.as_str() == s))
+                    .collect();
+                let mut out = std::io::stdout().lock();
+                if *json {
+                    for row in &rows {
+                        writeln!(out, "{}", outbox_json(row))?;
+                    }
+                    return Ok(());
+                }
                 let now = store::now_ms();
                 let age = |ms: i64| {
                     humantime::format_duration(std::time::Duration::from_secs(
@@ -485,29 +599,35 @@ fn outbox(config: &Config, action: &OutboxAction) -> Result<()> {
                     ))
                     .to_string()
                 };
-                println!(
-                    "{:>6}  {:<8}  {:<16}  {:>8}  {:>10}  {:<24}  ERROR",
-                    "ID", "STATE", "SINK", "ATTEMPTS", "AGE", "TITLE"
-                );
+                // The title is last and whole (on one line): it is what tells rows apart.
+                writeln!(
+                    out,
+                    "{:>6}  {:<8}  {:<16}  {:>8}  {:>10}  {:<40}  TITLE",
+                    "ID", "STATE", "SINK", "ATTEMPTS", "AGE", "ERROR"
+                )?;
                 for row in &rows {
                     let sink = if row.target.is_empty() {
                         row.sink.clone()
                     } else {
                         format!("{}:{}", row.sink, row.target)
                     };
-                    println!(
-                        "{:>6}  {:<8}  {:<16}  {:>8}  {:>10}  {:<24}  {}",
+                    writeln!(
+                        out,
+                        "{:>6}  {:<8}  {:<16}  {:>8}  {:>10}  {:<40}  {}",
                         row.id,
                         row.state,
                         herald_bridges::text::truncate(&sink, 16),
                         row.attempts,
                         age(row.created_at),
-                        herald_bridges::text::one_line(&row.title, 24),
-                        herald_bridges::text::one_line(row.last_error.as_deref().unwrap_or(""), 80),
-                    );
+                        herald_bridges::text::one_line(
+                            row.last_error.as_deref().unwrap_or("-"),
+                            40
+                        ),
+                        herald_bridges::text::one_line(&row.title, 1000),
+                    )?;
                 }
                 let dead = rows.iter().filter(|r| r.state == RowState::Dead).count();
-                println!("{} undelivered ({dead} dead)", rows.len());
+                writeln!(out, "{} undelivered ({dead} dead)", rows.len())?;
                 Ok(())
             }
             OutboxAction::Retry { id } => {
@@ -527,6 +647,21 @@ fn outbox(config: &Config, action: &OutboxAction) -> Result<()> {
                 Ok(())
             }
         }
+    })
+}
+
+/// One `outbox list --json` line: every field, the title and error whole.
+fn outbox_json(row: &store::Row) -> Value {
+    json!({
+        "id": row.id,
+        "state": row.state.as_str(),
+        "sink": row.sink,
+        "target": row.target,
+        "attempts": row.attempts,
+        "created_at": rfc3339(row.created_at),
+        "next_attempt_at": rfc3339(row.next_attempt_at),
+        "last_error": row.last_error,
+        "title": row.title,
     })
 }
 

@@ -522,6 +522,12 @@ async fn check_connect_logs_in_or_says_why_not() {
         "{}",
         ok.stdout()
     );
+    let stdout = ok.stdout();
+    let (logged_in, said_ok) = (stdout.find("logged in"), stdout.find(": OK ("));
+    assert!(
+        logged_in.is_some() && said_ok > logged_in,
+        "OK after the login: {stdout}"
+    );
 
     let text = std::fs::read_to_string(&config)
         .expect("config")
@@ -537,6 +543,24 @@ async fn check_connect_logs_in_or_says_why_not() {
         "{}",
         refused.stderr()
     );
+    // OK only once logged in; the server's reply in its own words, no Rust debug dump.
+    assert!(!refused.stdout().contains("OK"), "{}", refused.stdout());
+    for dump in ["code:", "Some(", "None", "info:"] {
+        assert!(!refused.stderr().contains(dump), "{}", refused.stderr());
+    }
+
+    let config = env.config(&Imap::plain(&env.dovecot).with("mailboxes = [\"Nope\"]"));
+    let mut missing = common::spawn(&["check", "--connect", "-c", config.to_str().expect("path")]);
+    let status = missing.wait_exit(DEADLINE).await.expect("exit");
+    assert_eq!(status.code(), Some(1), "{}", missing.stderr());
+    assert!(
+        missing.stderr().contains("cannot select mailbox \"Nope\""),
+        "{}",
+        missing.stderr()
+    );
+    for dump in ["code:", "Some(", "None", "information:"] {
+        assert!(!missing.stderr().contains(dump), "{}", missing.stderr());
+    }
 }
 
 #[tokio::test]

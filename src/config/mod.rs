@@ -70,6 +70,7 @@ fn default_state_path() -> PathBuf {
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Where to serve `/metrics`, `/healthz` and `/readyz`; unset: not served.
+    #[serde(default, deserialize_with = "deserialize_listen")]
     pub listen: Option<std::net::SocketAddr>,
     /// How long deliveries in flight may take to finish at shutdown.
     #[serde(
@@ -85,6 +86,33 @@ impl Default for ServerConfig {
             listen: None,
             shutdown_timeout: default_shutdown_timeout(),
         }
+    }
+}
+
+/// `listen`: an IP address and port (`127.0.0.1:9469`, `[::]:9469`), or `localhost:PORT`,
+/// which is loopback (`127.0.0.1`). No other name is looked up: validation does no I/O.
+fn deserialize_listen<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_listen(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    let port = text
+        .strip_prefix("localhost:")
+        .and_then(|port| port.parse::<u16>().ok());
+    match port {
+        Some(port) => Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+        None => Err(format!(
+            "{text:?} is not an address to listen on: write an IP address and port \
+             (\"127.0.0.1:9469\", \"[::]:9469\") or \"localhost:9469\""
+        )),
     }
 }
 

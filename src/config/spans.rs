@@ -34,15 +34,19 @@ impl Context<'_> {
         }
     }
 
-    /// A TOML or deserialization error, with the key found from its span.
+    /// A TOML or deserialization error, with the key found from its span, in plain words
+    /// (see [`plain_words`]).
     pub(super) fn toml_error(&self, error: &toml::de::Error) -> ConfigError {
         let span = error.span();
-        let key = span.clone().and_then(|span| key_at(self.text, span));
+        // A file that does not parse has no tree to find the key in: the line says it.
+        let key = span.clone().and_then(|span| {
+            key_at(self.text, span.clone()).or_else(|| key_on_line(self.text, span.start))
+        });
         ConfigError {
             file: self.path.to_owned(),
             position: span.map(|s| line_column(self.text, s.start)),
+            message: plain_words(error.message().trim(), key.as_deref()),
             key,
-            message: error.message().trim().to_owned(),
         }
     }
 }
@@ -68,6 +72,129 @@ pub(super) fn join_key(prefix: &str, key: &str) -> String {
     } else {
         format!("{prefix}.{key}")
     }
+}
+
+/// What toml and serde say, in words for the person editing the file: their messages name
+/// Rust types (`expected u16`) and lexer states (`invalid float, expected `nan``). Never
+/// quotes a string value, which may be a secret.
+pub(super) fn plain_words(message: &str, key: Option<&str>) -> String {
+    const VALUE_HELP: &str = "quote strings (\"like this\"); numbers are written 30 or 1.5, \
+                              booleans true or false, durations as strings (\"30s\")";
+    if message == "duplicate key" {
+        let name = key.and_then(|k| k.rsplit('.').next()).unwrap_or("this key");
+        return format!("duplicate key: {name} is already set earlier in this table; keep one");
+    }
+    if message.starts_with("invalid float")
+        || message.starts_with("invalid integer")
+        || message.starts_with("invalid boolean")
+        || message.starts_with("invalid number")
+        || message.starts_with("string values must be quoted")
+    {
+        return format!("not a value TOML knows: {VALUE_HELP}");
+    }
+    if message.starts_with("invalid basic string") || message.contains("literal string") {
+        return "a string is not closed: its closing quote is missing".to_owned();
+    }
+    if let Some(rest) = message.strip_prefix("invalid type: ") {
+        if let Some((found, expected)) = rest.split_once(", expected ") {
+            return format!(
+                "expected {}, found {}",
+                expected_words(expected),
+                found_words(found)
+            );
+        }
+    }
+    if let Some(rest) = message.strip_prefix("invalid value: ") {
+        if let Some((found, expected)) = rest.split_once(", expected ") {
+            return format!(
+                "{} is out of range: expected {}",
+                found_words(found),
+                expected_words(expected)
+            );
+        }
+    }
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.strip_suffix('`'))
+    {
+        return format!("{field} is required here and missing");
+    }
+    message.to_owned()
+}
+
+/// serde's `expected` (a Rust type or a visitor's phrase) in words.
+fn expected_words(expected: &str) -> String {
+    match expected {
+        "u8" => "a whole number from 0 to 255".into(),
+        "u16" => "a whole number from 0 to 65535".into(),
+        "u32" | "u64" | "usize" => "a whole number, 0 or more".into(),
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number".into(),
+        "f32" | "f64" => "a number".into(),
+        "a sequence" => "a list ([...])".into(),
+        "a map" => "a table".into(),
+        "socket address" => "an address and port such as \"127.0.0.1:9469\"".into(),
+        other if other.starts_with("struct ") => "a table".into(),
+        other => other.into(),
+    }
+}
+
+/// serde's `unexpected` in words; the value itself only if it is a number or a boolean.
+fn found_words(found: &str) -> String {
+    let value = found
+        .split_once('`')
+        .and_then(|(_, rest)| rest.strip_suffix('`'));
+    let kind = found.split('`').next().unwrap_or(found).trim();
+    match (kind, value) {
+        ("integer", Some(v)) => format!("the number {v}"),
+        ("floating point", Some(v)) => format!("the number {}", v.to_lowercase()),
+        ("boolean", Some(v)) => format!("the boolean {v}"),
+        ("string" | "character", _) => "a string".into(),
+        ("sequence", _) => "a list".into(),
+        ("map", _) => "a table".into(),
+        _ => kind.into(),
+    }
+}
+
+/// The dotted key written on the line holding byte `offset`, for text that does not parse:
+/// the table header above it (`[server]`, the third `[[rules]]` as `rules[2]`) and the key
+/// before the line's `=`.
+fn key_on_line(text: &str, offset: usize) -> Option<String> {
+    let before = text.get(..offset)?;
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text.get(start..)?.lines().next()?;
+    let (name, _) = line.split_once('=')?;
+    let name = name.trim();
+    if name.is_empty() || name.starts_with('[') || name.starts_with('#') {
+        return None;
+    }
+    let headers: Vec<&str> = before
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with('['))
+        .collect();
+    let prefix = headers.last().map(|header| {
+        let array = header.starts_with("[[");
+        let table = header
+            .trim_start_matches('[')
+            .split(']')
+            .next()
+            .unwrap_or("")
+            .trim();
+        if array {
+            let index = headers
+                .iter()
+                .filter(|h| h.starts_with("[[") && h.trim_matches(['[', ']', ' ']) == table)
+                .count()
+                .saturating_sub(1);
+            format!("{table}[{index}]")
+        } else {
+            table.to_owned()
+        }
+    });
+    Some(match prefix {
+        Some(prefix) if !prefix.is_empty() => format!("{prefix}.{name}"),
+        _ => name.to_owned(),
+    })
 }
 
 /// 1-based line and column (in characters) of byte `offset`.

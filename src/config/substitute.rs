@@ -99,7 +99,8 @@ fn substitute_value(
     Ok(())
 }
 
-/// Replaces each `${NAME}` with the variable's value; `$${` is a literal `${`.
+/// Replaces each `${NAME}` with the variable's value, and `${NAME:-default}` with the value or,
+/// when it is unset or empty, `default` (as a shell does); `$${` is a literal `${`.
 fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -110,8 +111,12 @@ fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String
             out.push_str("${");
             rest = after;
         } else if let Some(after) = from_dollar.strip_prefix("${") {
-            let Some((name, after_name)) = after.split_once('}') else {
+            let Some((inside, after_name)) = after.split_once('}') else {
                 return Err("unterminated `${` (write `$${` for a literal `${`)".into());
+            };
+            let (name, default) = match inside.split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (inside, None),
             };
             let valid = !name.is_empty()
                 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -119,8 +124,16 @@ fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String
             if !valid {
                 return Err(format!("invalid environment variable name {name:?}"));
             }
-            let value =
-                env(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
+            let value = match default {
+                Some(default) => env(name)
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| default.to_owned()),
+                None => env(name).ok_or_else(|| {
+                    format!(
+                        "environment variable {name} is not set (write ${{{name}:-DEFAULT}} for a default)"
+                    )
+                })?,
+            };
             out.push_str(&value);
             rest = after_name;
         } else {
@@ -145,5 +158,12 @@ mod tests {
         assert!(expand_env("${B}", &env)
             .unwrap_err()
             .contains("B is not set"));
+        assert_eq!(
+            expand_env("${A:-9}/${B:-x:y}/${B:-}", &env).unwrap(),
+            "1/x:y/"
+        );
+        let empty = |n: &str| (n == "E").then(String::new);
+        assert_eq!(expand_env("${E:-d}", &empty).unwrap(), "d");
+        assert_eq!(expand_env("${E}", &empty).unwrap(), "");
     }
 }

@@ -66,6 +66,14 @@ pub struct Rule {
     templates: Option<Templates>,
 }
 
+impl Rule {
+    /// Whether what this rule matches goes to `[defaults] sinks`: it names no sinks of its
+    /// own, does not drop, and does not pass the alert on (`continue`).
+    pub fn falls_to_defaults(&self) -> bool {
+        self.sinks.is_empty() && !self.drop && !self.keep_going
+    }
+}
+
 impl RawRule {
     /// The rule's name and its lifecycle keys, taken out for dispatch.
     pub(crate) fn take_policy(&mut self) -> (String, RawPolicy) {

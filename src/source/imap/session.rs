@@ -156,10 +156,10 @@ impl Imap {
             Err((async_imap::error::Error::No(text), _)) => Err(anyhow!(
                 "login as {:?} refused: {} (check username and password)",
                 self.config.username,
-                text.trim()
+                server_text(&text)
             )
             .into()),
-            Err((error, _)) => Err(anyhow::Error::new(error).context("login failed").into()),
+            Err((error, _)) => Err(plain(error).context("login failed").into()),
         }
     }
 
@@ -277,8 +277,12 @@ impl Imap {
                 self.health.contact();
                 Ok(value)
             }
-            Ok(Err(error)) => Err(anyhow::Error::new(error).into()),
-            Err(_) => Err(anyhow!("IMAP command timed out after {:?}", self.config.timeout).into()),
+            Ok(Err(error)) => Err(plain(error).into()),
+            Err(_) => Err(anyhow!(
+                "IMAP command timed out after {}",
+                humantime::format_duration(self.config.timeout)
+            )
+            .into()),
         }
     }
 
@@ -291,13 +295,17 @@ impl Imap {
         S: futures::Stream<Item = async_imap::error::Result<async_imap::types::Fetch>> + Unpin,
     {
         match timeout(self.config.timeout, stream.next()).await {
-            Err(_) => Err(anyhow!("FETCH timed out after {:?}", self.config.timeout).into()),
+            Err(_) => Err(anyhow!(
+                "FETCH timed out after {}",
+                humantime::format_duration(self.config.timeout)
+            )
+            .into()),
             Ok(None) => Ok(None),
             Ok(Some(Ok(fetch))) => {
                 self.health.contact();
                 Ok(Some(fetch))
             }
-            Ok(Some(Err(error))) => Err(anyhow::Error::new(error).context("FETCH failed").into()),
+            Ok(Some(Err(error))) => Err(plain(error).context("FETCH failed").into()),
         }
     }
 
@@ -323,10 +331,14 @@ impl Imap {
             }
             Ok(Err(Error::No(text) | Error::Bad(text))) => {
                 self.health.contact();
-                Ok(Err(text.trim().to_owned()))
+                Ok(Err(server_text(&text)))
             }
-            Ok(Err(error)) => Err(anyhow::Error::new(error).into()),
-            Err(_) => Err(anyhow!("IMAP command timed out after {:?}", self.config.timeout).into()),
+            Ok(Err(error)) => Err(plain(error).into()),
+            Err(_) => Err(anyhow!(
+                "IMAP command timed out after {}",
+                humantime::format_duration(self.config.timeout)
+            )
+            .into()),
         }
     }
 
@@ -390,5 +402,73 @@ impl Imap {
             return Ok(None);
         }
         Ok(Some(session))
+    }
+}
+
+/// An async-imap error as a sentence: a `NO` or `BAD` reply is the server's own words (what
+/// async-imap puts in it is a Rust debug dump, `code: None, info: Some("...")`).
+fn plain(error: async_imap::error::Error) -> anyhow::Error {
+    use async_imap::error::Error;
+    match error {
+        Error::No(text) => anyhow!("the server refused: {}", server_text(&text)),
+        Error::Bad(text) => anyhow!("the server called the command bad: {}", server_text(&text)),
+        Error::ConnectionLost => anyhow!("the server closed the connection"),
+        other => anyhow::Error::new(other),
+    }
+}
+
+/// The human text in async-imap's debug dump of a status reply: the `information` string,
+/// with the response code (`[NONEXISTENT]`) before it when there is one.
+fn server_text(dump: &str) -> String {
+    let quoted = |marker: &str| -> Option<String> {
+        let start = dump.find(marker)? + marker.len();
+        let rest = dump.get(start..)?;
+        let mut out = String::new();
+        let mut chars = rest.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => out.extend(chars.next()),
+                '"' => return Some(out),
+                c => out.push(c),
+            }
+        }
+        None
+    };
+    let info = quoted("info: Some(\"").or_else(|| quoted("information: Some(\""));
+    // `code: Some(Nonexistent)` or `code: Some(Parse)`: a response code's name.
+    let code = dump.find("code: Some(").and_then(|at| {
+        let name: String = dump
+            .get(at + "code: Some(".len()..)?
+            .chars()
+            .take_while(char::is_ascii_alphanumeric)
+            .collect();
+        (!name.is_empty()).then(|| name.to_uppercase())
+    });
+    match (code, info) {
+        (Some(code), Some(info)) => format!("[{code}] {}", info.trim()),
+        (None, Some(info)) => info.trim().to_owned(),
+        (Some(code), None) => format!("[{code}]"),
+        // Not a dump after all (or an empty one): as it is.
+        (None, None) if !dump.contains("None") => dump.trim().to_owned(),
+        (None, None) => "no reason given".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_text;
+
+    #[test]
+    fn server_replies_are_the_servers_words() {
+        assert_eq!(
+            server_text("code: None, info: Some(\"Authentication failed.\")"),
+            "Authentication failed."
+        );
+        assert_eq!(
+            server_text("outcome: StatusResponse { code: Some(Nonexistent), information: Some(\"Mailbox doesn't exist: X\") }"),
+            "[NONEXISTENT] Mailbox doesn't exist: X"
+        );
+        assert_eq!(server_text("code: None, info: None"), "no reason given");
+        assert_eq!(server_text("plain words"), "plain words");
     }
 }
