@@ -74,8 +74,10 @@ fn config_with(dir: &Path, dovecot: &Dovecot, receiver: &Receiver, imap: &str) -
 
 /// The herald binary measured: `HERALD_BENCH_BIN`, or this build's.
 fn herald_binary() -> PathBuf {
-    std::env::var_os("HERALD_BENCH_BIN")
-        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_herald")), PathBuf::from)
+    std::env::var_os("HERALD_BENCH_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_herald")),
+        PathBuf::from,
+    )
 }
 
 fn start(config: &Path) -> Result<HeraldProcess> {

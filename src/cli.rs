@@ -186,6 +186,7 @@ pub fn main() -> ExitCode {
     }
     init_logging();
     let file = cli.config.as_deref();
+    let daemon = matches!(cli.command, Command::Run);
     let result = match cli.command {
         Command::Run => load(file).map(|config| {
             runtime().and_then(|rt| {
@@ -268,8 +269,14 @@ pub fn main() -> ExitCode {
             eprintln!("herald: configuration error: {error}");
             ExitCode::from(EXIT_CONFIG)
         }
-        Ok(Err(error)) => {
+        // The daemon's last word goes to its log, in the log's format; a command run by hand
+        // says what went wrong as a sentence.
+        Ok(Err(error)) if daemon => {
             tracing::error!(error = %chain(error.as_ref()), "herald failed.");
+            ExitCode::from(EXIT_FAILURE)
+        }
+        Ok(Err(error)) => {
+            eprintln!("herald: {}", chain(error.as_ref()));
             ExitCode::from(EXIT_FAILURE)
         }
         Ok(Ok(())) => ExitCode::SUCCESS,
