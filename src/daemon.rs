@@ -26,6 +26,7 @@ use crate::dispatch::{Clock, Dispatcher, Fanout};
 use crate::error::chain;
 use crate::expect::watch::Watcher;
 use crate::metrics::Metrics;
+use crate::push::Pushes;
 use crate::route::Router;
 use crate::source::imap::Mailbox;
 use crate::store::{self, Access, Store};
@@ -96,6 +97,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let stop = delivery_stop.clone();
         stages.spawn(async move { ("expectations".to_owned(), watcher.run(stop).await) });
     }
+    // The mailboxes are made before the server starts, so the first push finds them.
+    let mut pushes = Pushes::new(config.server.push_token.clone(), metrics.clone());
+    let mut watched_mailboxes = Vec::new();
+    for account in &config.accounts {
+        for folder in &account.folders {
+            let mailbox = Mailbox::new(
+                account,
+                folder,
+                router.clone(),
+                store.clone(),
+                dispatch_wake.clone(),
+                metrics.clone(),
+            )?;
+            pushes.register(&account.imap.username, folder, mailbox.push_wake());
+            watched_mailboxes.push(mailbox);
+        }
+    }
+    let pushes = Arc::new(pushes);
     if let Some((listener, address)) = listener {
         // Ready while every session answers: a live session hears from the server at least
         // at every IDLE refresh, and a dead one is noticed within idle_keepalive + timeout.
@@ -108,31 +127,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let (metrics, store, stop) = (metrics.clone(), store.clone(), delivery_stop.clone());
         tokio::spawn(async move {
             if let Err(error) =
-                crate::serve::serve_on(listener, metrics, store, ready_within, stop).await
+                crate::serve::serve_on(listener, metrics, store, pushes, ready_within, stop).await
             {
                 error!(error = %chain(error.as_ref()), "The metrics server failed.");
             }
         });
-        info!(%address, "Serving /metrics, /healthz and /readyz.");
+        info!(%address, "Serving /metrics, /healthz, /readyz and /push.");
     }
     let mailbox_stop = CancellationToken::new();
     let mut mailboxes: JoinSet<(String, Result<()>)> = JoinSet::new();
-    for account in &config.accounts {
-        for folder in &account.folders {
-            let mailbox = Mailbox::new(
-                account,
-                folder,
-                router.clone(),
-                store.clone(),
-                dispatch_wake.clone(),
-                metrics.clone(),
-            )?;
-            let stop = mailbox_stop.clone();
-            mailboxes.spawn(async move {
-                let name = format!("mailbox {}", mailbox.id());
-                (name, mailbox.run(stop).await)
-            });
-        }
+    for mailbox in watched_mailboxes {
+        let stop = mailbox_stop.clone();
+        mailboxes.spawn(async move {
+            let name = format!("mailbox {}", mailbox.id());
+            (name, mailbox.run(stop).await)
+        });
     }
     let watched: Vec<String> = config
         .accounts

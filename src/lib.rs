@@ -30,6 +30,7 @@ pub mod error;
 pub mod expect;
 pub mod history;
 pub mod metrics;
+pub mod push;
 pub mod route;
 pub mod serve;
 pub mod silence;

@@ -58,6 +58,7 @@ impl Server {
             listener,
             metrics.clone(),
             store,
+            Arc::new(herald::push::Pushes::new(None, metrics.clone())),
             ready_within,
             stop.clone(),
         ));

@@ -77,6 +77,9 @@ pub struct ServerConfig {
         deserialize_with = "deserialize_duration"
     )]
     pub shutdown_timeout: Duration,
+    /// The secret push hints must carry (`X-Herald-Token`, the script's `herald_push_token`);
+    /// unset: hints are taken from anyone who can reach `listen`.
+    pub push_token: Option<herald_bridges::Secret>,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +87,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: None,
             shutdown_timeout: default_shutdown_timeout(),
+            push_token: None,
         }
     }
 }
