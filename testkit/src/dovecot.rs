@@ -637,6 +637,7 @@ async fn wait_group_gone_async(pgid: u32) -> Result<()> {
 }
 
 /// Two distinct free loopback ports (both bound at once, so they differ).
+#[cfg(test)]
 fn free_port_pair() -> Result<(u16, u16)> {
     let (a, b, _) = free_ports()?;
     Ok((a, b))

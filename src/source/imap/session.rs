@@ -363,6 +363,7 @@ impl Imap {
             debug!("New mail announced as IDLE began; fetching.");
             return self.command(handle.done()).await.map(Idled::Woke);
         }
+        debug!(mailbox = %self.label, "Idling.");
         let refresh = Instant::now() + self.config.idle_refresh;
         let refresh_at = wake.map_or(refresh, |wake| wake.min(refresh));
         let (push, push_not_before) = push;
