@@ -165,11 +165,9 @@ mod tests {
     fn a_hint_for_a_watched_mailbox_wakes_it_once_per_burst() {
         let (pushes, wake) = pushes(None);
         for mailbox in ["INBOX", "inbox"] {
-            let body = format!(r#"{{"user":"alerts","mailbox":"{mailbox}","uid":3,"uidvalidity":1}}"#);
-            assert_eq!(
-                pushes.hint(None, Some(body.as_bytes())),
-                PushOutcome::Woke
-            );
+            let body =
+                format!(r#"{{"user":"alerts","mailbox":"{mailbox}","uid":3,"uidvalidity":1}}"#);
+            assert_eq!(pushes.hint(None, Some(body.as_bytes())), PushOutcome::Woke);
         }
         assert!(wake.take());
         assert!(!wake.take(), "two hints, one pending wake");
@@ -179,8 +177,14 @@ mod tests {
     fn unknown_and_malformed_hints_wake_nothing() {
         let (pushes, wake) = pushes(None);
         let cases: [(&[u8], PushOutcome); 5] = [
-            (br#"{"user":"other","mailbox":"INBOX"}"#, PushOutcome::Unknown),
-            (br#"{"user":"alerts","mailbox":"Junk"}"#, PushOutcome::Unknown),
+            (
+                br#"{"user":"other","mailbox":"INBOX"}"#,
+                PushOutcome::Unknown,
+            ),
+            (
+                br#"{"user":"alerts","mailbox":"Junk"}"#,
+                PushOutcome::Unknown,
+            ),
             (br#"{"user":"alerts"}"#, PushOutcome::Malformed),
             (b"\xff\xfe not json", PushOutcome::Malformed),
             (br#"{"user":7,"mailbox":"INBOX"}"#, PushOutcome::Malformed),

@@ -56,9 +56,7 @@ async fn setup() -> Setup {
     let config = write_config(dir.path(), dir.path(), &Imap::plain(&dovecot), &receiver);
     let text = std::fs::read_to_string(&config).expect("config").replace(
         "[defaults]",
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\npush_token = \"{TOKEN}\"\n\n[defaults]"
-        ),
+        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\npush_token = \"{TOKEN}\"\n\n[defaults]"),
     );
     std::fs::write(&config, text).expect("config");
     Setup {
@@ -127,7 +125,11 @@ async fn append_and_lmtp_delivery_arrive_through_the_push() {
     let confirmed = Instant::now();
     let latency = alert_after(&mut s.receiver, &herald, confirmed, "pushed by APPEND").await;
     let after_append = metric(s.port, PUSH_FETCHES).await;
-    assert!(after_append > before, "no push-started fetch\n{}", herald.stderr());
+    assert!(
+        after_append > before,
+        "no push-started fetch\n{}",
+        herald.stderr()
+    );
     assert!(
         latency < IDLE_NOTICE - Duration::from_millis(100),
         "APPEND → webhook took {latency:?}: not the push path\n{}",
@@ -201,7 +203,11 @@ async fn a_stopped_or_frozen_herald_does_not_hold_up_delivery() {
     // The hints were lost, but IDLE still brings the mail.
     let mut titles = Vec::new();
     for _ in 0..2 {
-        let got = s.receiver.next(DEADLINE).await.expect("the frozen-time mail");
+        let got = s
+            .receiver
+            .next(DEADLINE)
+            .await
+            .expect("the frozen-time mail");
         titles.push(got.body["title"].as_str().unwrap_or_default().to_owned());
     }
     titles.sort();
@@ -270,7 +276,11 @@ async fn a_push_storm_is_coalesced_and_rate_limited() {
         .append("INBOX", &plain_mail("after the storm", "x\n"))
         .await
         .expect("append");
-    let got = s.receiver.next(DEADLINE).await.expect("alert after the storm");
+    let got = s
+        .receiver
+        .next(DEADLINE)
+        .await
+        .expect("alert after the storm");
     assert_eq!(got.body["title"], "after the storm");
     let fetches = metric(s.port, PUSH_FETCHES).await - before;
     assert!(metric(s.port, WOKE).await >= HINTS);
