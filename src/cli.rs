@@ -34,6 +34,9 @@ enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// Check that Dovecot's push hints reach herald: APPEND to a scratch folder (deleted
+    /// after) and wait a few seconds for the hint at [server] listen.
+    PushTest(ConfigArg),
     /// Show what herald would do with each message; sends nothing.
     Classify {
         #[command(flatten)]
@@ -177,6 +180,11 @@ pub fn main() -> ExitCode {
             })
         }),
         Command::Check { config, connect } => load(&config).map(|config| check(&config, connect)),
+        Command::PushTest(arg) => load(&arg).map(|config| {
+            runtime()
+                .and_then(|rt| rt.block_on(crate::push_test::run(&config)))
+                .map(|sentence| println!("{sentence}"))
+        }),
         Command::Classify {
             config,
             json,

@@ -31,6 +31,7 @@ pub mod expect;
 pub mod history;
 pub mod metrics;
 pub mod push;
+mod push_test;
 pub mod route;
 pub mod serve;
 pub mod silence;

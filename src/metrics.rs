@@ -519,6 +519,15 @@ impl Metrics {
             .inc();
     }
 
+    /// How many push hints had `outcome` so far.
+    pub fn push_count(&self, outcome: PushOutcome) -> u64 {
+        self.pushes
+            .get_or_create(&PushLabels {
+                outcome: outcome.as_str(),
+            })
+            .get()
+    }
+
     /// Counts a fetch started by a push.
     pub fn push_fetch(&self) {
         self.push_fetches.inc();

@@ -114,6 +114,44 @@ pub async fn probe(account: &Account) -> Result<()> {
     Ok(())
 }
 
+/// For `herald push-test`: creates `folder` in `account` and appends `raw` to it; returns
+/// once the server confirmed the APPEND (so Dovecot's push script has run).
+pub async fn append_to_new_folder(account: &Account, folder: &str, raw: &[u8]) -> Result<()> {
+    let id = MailboxId::new(&account.name, folder);
+    let imap = Imap::new(
+        account.imap.clone(),
+        &id,
+        Metrics::new().session(&id.to_string()),
+    )?;
+    let mut session = imap.connect().await.map_err(SessionError::into_inner)?;
+    let result = async {
+        imap.command(session.create(folder)).await?;
+        imap.command(session.append(folder, Some("(\\Seen)"), None, raw))
+            .await
+    }
+    .await
+    .map_err(SessionError::into_inner);
+    imap.logout(session).await;
+    result
+}
+
+/// For `herald push-test`: deletes `folder` (and its mail) from `account`.
+pub async fn delete_folder(account: &Account, folder: &str) -> Result<()> {
+    let id = MailboxId::new(&account.name, folder);
+    let imap = Imap::new(
+        account.imap.clone(),
+        &id,
+        Metrics::new().session(&id.to_string()),
+    )?;
+    let mut session = imap.connect().await.map_err(SessionError::into_inner)?;
+    let result = imap
+        .command(session.delete(folder))
+        .await
+        .map_err(SessionError::into_inner);
+    imap.logout(session).await;
+    result
+}
+
 /// Fails, saying why, unless the server lists `target` as a folder mail can be moved to.
 async fn check_move_target(imap: &Imap, session: &mut Session, target: &str) -> Result<()> {
     let names = imap
