@@ -58,7 +58,8 @@ end
 -- POSTs body to target; true when herald answered 2xx. Any failure returns false at once.
 local function post(target, token, timeout, body)
   local host, port, path = target.host, target.port, target.path
-  local conn = socket.tcp()
+  local ipv6 = host:find(":", 1, true) ~= nil
+  local conn = ipv6 and socket.tcp6() or socket.tcp()
   if conn == nil then
     return false
   end
@@ -69,7 +70,7 @@ local function post(target, token, timeout, body)
     return false
   end
   local request = "POST " .. path .. " HTTP/1.1\r\n" ..
-    "Host: " .. host .. ":" .. port .. "\r\n" ..
+    "Host: " .. (ipv6 and "[" .. host .. "]" or host) .. ":" .. port .. "\r\n" ..
     "Content-Type: application/json\r\n" ..
     "Content-Length: " .. #body .. "\r\n" ..
     "Connection: close\r\n"
@@ -98,6 +99,9 @@ function dovecot_lua_notify_begin_txn(user)
         port = tonumber(parsed.port) or 80,
         path = parsed.path or "/push",
       }
+    elseif type(dovecot) == "table" and dovecot.i_warning ~= nil then
+      -- Said on every delivery, so a mistake is noticed; herald's push-test says it too.
+      dovecot.i_warning("herald-push: herald_push_url must be http://HOST:PORT/push; no push sent")
     end
   end
   return {
