@@ -18,7 +18,10 @@
 //! with one mailbox; at most 1 MB more per extra mailbox; with the push, p50 ≤ 10 ms and at
 //! most 1/20 of Dovecot's notice.
 //! `HERALD_BENCH_LATENCY_N`, `HERALD_BENCH_DRAIN_N` and `HERALD_BENCH_PUSH_N` change the
-//! message counts; `HERALD_BENCH_PHASES` (e.g. `e` or `a,e`) runs only those phases.
+//! message counts; `HERALD_BENCH_PHASES` (e.g. `e` or `a,e`) runs only those phases;
+//! `HERALD_BENCH_BIN` runs another herald binary than this build's, e.g. the static musl build
+//! the container image and the Debian package ship (its RSS is what a deployment sees:
+//! no shared C library mapped beside it).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -47,6 +50,7 @@ fn main() -> Result<()> {
             let run =
                 |phase: &str| phases.is_empty() || phases.split(',').any(|p| p.trim() == phase);
             println!("herald pipeline benchmark (Dovecot on loopback, webhook sink)");
+            println!("    binary: {}", herald_binary().display());
             if run("a") {
                 latency(latency_n).await?;
             }
@@ -89,9 +93,17 @@ fn config_with(dir: &Path, dovecot: &Dovecot, receiver: &Receiver, imap: &str) -
     Ok(path)
 }
 
+/// The herald binary measured: `HERALD_BENCH_BIN`, or this build's.
+fn herald_binary() -> PathBuf {
+    std::env::var_os("HERALD_BENCH_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_herald")),
+        PathBuf::from,
+    )
+}
+
 fn start(config: &Path) -> Result<HeraldProcess> {
     HeraldProcess::spawn(
-        Path::new(env!("CARGO_BIN_EXE_herald")),
+        &herald_binary(),
         &["run", "-c", config.to_str().context("path")?],
         &[("HERALD_LOG", "warn")],
     )

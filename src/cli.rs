@@ -24,7 +24,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Watch the mailbox and dispatch alerts until SIGTERM/SIGINT.
+    /// Watch the mailbox and dispatch alerts until SIGTERM/SIGINT; SIGHUP reloads.
     Run(ConfigArg),
     /// Validate the configuration.
     Check {
@@ -172,11 +172,19 @@ const EXIT_CONFIG: u8 = 2;
 /// Runs herald with the process's arguments.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(message) = crate::logging::use_environment() {
+        eprintln!("herald: {message}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     init_logging();
     let result = match cli.command {
         Command::Run(arg) => load(&arg).map(|config| {
             runtime().and_then(|rt| {
-                rt.block_on(crate::daemon::run(config, crate::daemon::shutdown_signal()))
+                rt.block_on(async {
+                    let reloads = crate::daemon::hangups()?;
+                    crate::daemon::run_reloading(config, crate::daemon::shutdown_signal(), reloads)
+                        .await
+                })
             })
         }),
         Command::Check { config, connect } => load(&config).map(|config| check(&config, connect)),
@@ -278,9 +286,7 @@ fn init_logging() {
     });
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal: journald and `docker logs` get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
+        .event_format(crate::logging::Formatter)
         .with_filter(cap)
         .with_filter(filter);
     tracing_subscriber::registry().with(layer).init();
@@ -309,7 +315,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn load(arg: &ConfigArg) -> Result<Config, ConfigError> {
-    Config::load(&config::locate(arg.config.as_deref()))
+    let config = Config::load(&config::locate(arg.config.as_deref()))?;
+    crate::logging::use_config(config.log.format);
+    Ok(config)
 }
 
 /// The configuration if one is given or found; `classify` works without one.
@@ -320,7 +328,9 @@ fn optional_config(arg: &ConfigArg) -> Result<Option<Config>, ConfigError> {
     if !explicit && !path.exists() {
         return Ok(None);
     }
-    Config::load(&path).map(Some)
+    let config = Config::load(&path)?;
+    crate::logging::use_config(config.log.format);
+    Ok(Some(config))
 }
 
 fn check(config: &Config, connect: bool) -> Result<()> {

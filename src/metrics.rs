@@ -34,6 +34,7 @@
 //! | `herald_imap_reconnects_total` | counter | |
 //! | `herald_pushes_total` | counter | `outcome` (woke, unknown, refused, malformed) |
 //! | `herald_push_fetches_total` | counter | |
+//! | `herald_config_reloads_total` | counter | `result` (ok, error) |
 //! | `herald_imap_session_up` | gauge | |
 //! | `herald_imap_last_contact_seconds` | gauge | |
 //! | `herald_outbox_rows` | gauge | `sink`, `state` |
@@ -132,6 +133,13 @@ struct DeliveryLabels {
     sink: String,
     /// An [`Outcome`]'s label value.
     outcome: &'static str,
+}
+
+/// `{result}` of a configuration reload.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReloadLabels {
+    /// `ok` or `error`.
+    result: &'static str,
 }
 
 /// `{outcome}` of dispatch.
@@ -270,6 +278,8 @@ pub struct Metrics {
     pushes: Family<PushLabels, Counter>,
     /// `herald_push_fetches_total`.
     push_fetches: Counter,
+    /// `herald_config_reloads_total{result}`.
+    reloads: Family<ReloadLabels, Counter>,
     /// Each watched mailbox's session, by its name (`account/folder`).
     sessions: Mutex<Vec<(String, Arc<SessionHealth>)>>,
     /// When this value was created: the clock's origin.
@@ -377,6 +387,15 @@ impl Metrics {
             "Fetches started by a push hint rather than by IDLE (pushes arriving during a fetch share the next one)",
             push_fetches.clone(),
         );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP) by result: ok (the new one runs) or error (the old one still does)",
+            reloads.clone(),
+        );
+        for result in ["ok", "error"] {
+            let _ = reloads.get_or_create(&ReloadLabels { result });
+        }
         Arc::new(Metrics {
             registry,
             messages_fetched,
@@ -393,6 +412,7 @@ impl Metrics {
             reconnects,
             pushes,
             push_fetches,
+            reloads,
             sessions: Mutex::default(),
             started: Instant::now(),
             sinks: LabelBound::default(),
@@ -536,6 +556,26 @@ impl Metrics {
     /// Counts a reconnection to the IMAP server.
     pub fn imap_reconnect(&self) {
         self.reconnects.inc();
+    }
+
+    /// Counts a configuration reload: `ok` if the new configuration took over.
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+    }
+
+    /// Forgets every session: the mailboxes of a configuration being replaced, before the
+    /// next configuration's register theirs.
+    pub fn forget_sessions(&self) {
+        self.sessions().clear();
+    }
+
+    /// Each watched mailbox's name and whether its session is up, in registration order.
+    pub fn session_states(&self) -> Vec<(String, bool)> {
+        self.sessions()
+            .iter()
+            .map(|(name, health)| (name.clone(), health.is_live()))
+            .collect()
     }
 
     /// The health of `mailbox`'s session (`account/folder`), registered for readiness and

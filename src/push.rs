@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use herald_bridges::Secret;
@@ -74,13 +74,23 @@ impl PushWake {
 }
 
 /// Where hints go: the watched mailboxes by `(username, folder)`, and the token they need.
+/// One lives as long as the `/push` endpoint; a reload replaces what is in it
+/// ([`Pushes::reset`], then [`Pushes::register`] for each new mailbox).
 #[derive(Debug)]
 pub struct Pushes {
+    /// The current configuration's mailboxes and token. Held only for map operations, never
+    /// across an await.
+    routes: RwLock<Routes>,
+    metrics: Arc<Metrics>,
+}
+
+/// What [`Pushes`] routes by.
+#[derive(Debug, Default)]
+struct Routes {
     /// Keyed by username and folder (`INBOX` uppercased); several accounts may share a name.
     targets: HashMap<(String, String), Vec<Arc<PushWake>>>,
     /// `[server] push_token`.
     token: Option<Secret>,
-    metrics: Arc<Metrics>,
 }
 
 /// The part of the script's body herald reads. The rest (uidvalidity, uid) is not used.
@@ -94,18 +104,43 @@ impl Pushes {
     /// No mailboxes yet; hints need `token` when it is set.
     pub fn new(token: Option<Secret>, metrics: Arc<Metrics>) -> Pushes {
         Pushes {
-            targets: HashMap::new(),
-            token,
+            routes: RwLock::new(Routes {
+                targets: HashMap::new(),
+                token,
+            }),
             metrics,
         }
     }
 
+    /// Forgets every mailbox and takes `token` from now on: a reloaded configuration.
+    pub fn reset(&self, token: Option<Secret>) {
+        *self.write() = Routes {
+            targets: HashMap::new(),
+            token,
+        };
+    }
+
     /// Hints for `username`'s `folder` wake `wake`.
-    pub fn register(&mut self, username: &str, folder: &str, wake: Arc<PushWake>) {
-        self.targets
+    pub fn register(&self, username: &str, folder: &str, wake: Arc<PushWake>) {
+        self.write()
+            .targets
             .entry((username.to_owned(), folder_key(folder).to_owned()))
             .or_default()
             .push(wake);
+    }
+
+    // A panic while the lock was held cannot leave the map half-changed in a way that
+    // matters (a hint is only a hint), so a poisoned lock is used as it is.
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Routes> {
+        self.routes
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Routes> {
+        self.routes
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Acts on one hint: `token` is the `X-Herald-Token` header's value, `body` the request
@@ -117,7 +152,8 @@ impl Pushes {
     }
 
     fn judge(&self, token: Option<&[u8]>, body: Option<&[u8]>) -> PushOutcome {
-        if let Some(expected) = &self.token {
+        let routes = self.read();
+        if let Some(expected) = &routes.token {
             let given = token.unwrap_or_default();
             if !bool::from(given.ct_eq(expected.expose().as_bytes())) {
                 return PushOutcome::Refused;
@@ -126,7 +162,7 @@ impl Pushes {
         let Some(hint) = body.and_then(|body| serde_json::from_slice::<Hint>(body).ok()) else {
             return PushOutcome::Malformed;
         };
-        match self
+        match routes
             .targets
             .get(&(hint.user, folder_key(&hint.mailbox).to_owned()))
         {
@@ -155,7 +191,7 @@ mod tests {
     use super::*;
 
     fn pushes(token: Option<&str>) -> (Pushes, Arc<PushWake>) {
-        let mut pushes = Pushes::new(token.map(Secret::new), Metrics::new());
+        let pushes = Pushes::new(token.map(Secret::new), Metrics::new());
         let wake = Arc::new(PushWake::default());
         pushes.register("alerts", "INBOX", wake.clone());
         (pushes, wake)

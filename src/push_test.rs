@@ -70,7 +70,7 @@ async fn own_listener(
 ) -> Result<String> {
     let listen = listener.local_addr().context("cannot read the address")?;
     let metrics = Metrics::new();
-    let mut pushes = Pushes::new(config.server.push_token.clone(), metrics.clone());
+    let pushes = Pushes::new(config.server.push_token.clone(), metrics.clone());
     let wake = Arc::new(PushWake::default());
     pushes.register(&account.imap.username, folder, wake.clone());
     let stop = CancellationToken::new();

@@ -289,12 +289,12 @@ async fn wrong_password_unreachable_server_and_missing_mailbox_are_reported_and_
         (
             Imap::plain(&env.dovecot).with("timeout = \"5s\""),
             "password",
-            "login as \"herald\" refused",
+            common::logged("login as \"herald\" refused"),
         ),
         (
             Imap::plain(&env.dovecot).with("mailbox = \"Nope\""),
             "mailbox",
-            "cannot select mailbox \"Nope\"",
+            common::logged("cannot select mailbox \"Nope\""),
         ),
         (
             Imap {
@@ -302,7 +302,7 @@ async fn wrong_password_unreachable_server_and_missing_mailbox_are_reported_and_
                 ..Imap::plain(&env.dovecot)
             },
             "unreachable",
-            "cannot connect to 127.0.0.1",
+            "cannot connect to 127.0.0.1".to_owned(),
         ),
     ];
     for (imap, case, expected) in cases {
@@ -315,11 +315,11 @@ async fn wrong_password_unreachable_server_and_missing_mailbox_are_reported_and_
         std::fs::write(&config, text).expect("config");
         let herald = common::spawn(&["run", "-c", config.to_str().expect("path")]);
         herald
-            .wait_for_stderr(expected, DEADLINE)
+            .wait_for_stderr(&expected, DEADLINE)
             .await
             .unwrap_or_else(|e| panic!("{case}: {e:#}\n{}", herald.stderr()));
         let log = herald.stderr();
-        let line = log.lines().find(|l| l.contains(expected)).expect("line");
+        let line = log.lines().find(|l| l.contains(&expected)).expect("line");
         assert!(
             line.contains("WARN") && line.contains("retry_in="),
             "{case}: {line}"
@@ -531,7 +531,9 @@ async fn check_connect_logs_in_or_says_why_not() {
     let status = refused.wait_exit(DEADLINE).await.expect("exit");
     assert_eq!(status.code(), Some(1), "{}", refused.stderr());
     assert!(
-        refused.stderr().contains("login as \"herald\" refused"),
+        refused
+            .stderr()
+            .contains(&common::logged("login as \"herald\" refused")),
         "{}",
         refused.stderr()
     );

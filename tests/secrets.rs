@@ -100,7 +100,7 @@ sinks = ["hook", "pd"]
     let output = format!("{stderr}\n{}", herald.stdout());
     // The check can fail: TRACE lines (rustls, reqwest, hyper, …) were written, and with
     // them the IMAP exchange at DEBUG.
-    assert!(stderr.contains(" TRACE "), "no TRACE output:\n{stderr}");
+    assert!(stderr.contains("level=TRACE"), "no TRACE output:\n{stderr}");
     assert!(stderr.contains("Logged out"), "{stderr}");
     for secret in [
         PASSWORD,

@@ -2,7 +2,8 @@
 //! through the trusted relays (Postfix and Exim chains) keeps its severity and says
 //! `trusted: true`; a forged critical smartd mail from the Internet arrives as info, marked
 //! `[unverified]`, `trusted: false` with its origin; with `untrusted = "drop"` it is not
-//! delivered at all, and `herald alerts` says what dropped it.
+//! delivered at all, and `herald alerts` says what dropped it; a forged mail is a problem of
+//! its own, so it cannot fold (or close) the genuine page that shares its key.
 
 mod common;
 
@@ -204,6 +205,35 @@ async fn a_forged_smartd_mail_from_the_internet_is_marked_and_never_critical() {
     );
     assert_eq!(post["facts"]["origin"]["address"], "198.51.100.77");
     assert_eq!(post["facts"]["origin"]["host"], "nas1.example.net");
+}
+
+#[tokio::test]
+async fn a_forged_mail_first_does_not_fold_the_genuine_page_that_follows() {
+    let env = Env::new().await;
+    let _herald = start_herald(&env.config("mark")).await;
+    // Same host, device and event: without trust they would be one problem, and the genuine
+    // page a folded repeat of the stranger's info.
+    env.deliver(&received(&forged_chain(), &smartd_mail("nas1", "forged")))
+        .await;
+    env.deliver(&received(&exim_chain(), &smartd_mail("nas1", "genuine")))
+        .await;
+    let posts = env.posts(2).await;
+    let genuine = posts
+        .iter()
+        .find(|p| p["trusted"] == true)
+        .unwrap_or_else(|| panic!("the genuine page was sent: {posts:?}"));
+    let forged = posts
+        .iter()
+        .find(|p| p["trusted"] == false)
+        .unwrap_or_else(|| panic!("the forged mail was sent, marked: {posts:?}"));
+    assert_eq!(genuine["severity"], "critical", "{genuine}");
+    let key = genuine["dedup_key"].as_str().unwrap_or_default();
+    assert!(key.starts_with("smartd:"), "{genuine}");
+    assert_eq!(
+        forged["dedup_key"],
+        format!("unverified:{key}"),
+        "the stranger's alert is a problem of its own: {forged}"
+    );
 }
 
 #[tokio::test]

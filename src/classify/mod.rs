@@ -161,11 +161,51 @@ impl Message {
 /// and the message marked `truncated`, as if fetched with a smaller `max_message_bytes`.
 pub const MAX_PARSE_BYTES: usize = 128 * 1024;
 
+/// The most lines that may start a MIME part or a header field in the bytes parsed. mail-parser
+/// keeps a record for every part and every header field, a few hundred bytes each, so 128 KiB
+/// of `--b` lines or of `X-Filler: 1` lines would cost megabytes; system mail has a few dozen.
+/// Counting body lines that merely look like fields (`Error: ...`) makes the cut conservative:
+/// it only ever shortens what is parsed, and the message is then marked `truncated`.
+pub const MAX_STRUCTURE_LINES: usize = 1024;
+
+/// Where `raw` must be cut so that at most [`MAX_STRUCTURE_LINES`] lines start a part
+/// (`--...`) or look like a header field (`Name: ...`); `None` when it need not be.
+fn structure_cut(raw: &[u8]) -> Option<usize> {
+    let mut seen = 0;
+    let mut start = 0;
+    while start < raw.len() {
+        let Some(line) = raw.get(start..) else {
+            break;
+        };
+        let field_like = line.starts_with(b"--")
+            || line
+                .iter()
+                .take(80)
+                .position(|&b| !(b'!'..=b'~').contains(&b) || b == b':')
+                .is_some_and(|i| i > 0 && line.get(i) == Some(&b':'));
+        if field_like {
+            seen += 1;
+            if seen > MAX_STRUCTURE_LINES {
+                return Some(start);
+            }
+        }
+        match line.iter().position(|&b| b == b'\n') {
+            Some(end) => start += end + 1,
+            None => break,
+        }
+    }
+    None
+}
+
 /// Parses `raw`; `truncated` says whether `raw` is only the start of the message.
 pub fn parse(raw: &[u8], truncated: bool) -> Message {
     let (raw, truncated) = match raw.get(..MAX_PARSE_BYTES) {
         Some(head) if raw.len() > MAX_PARSE_BYTES => (head, true),
         _ => (raw, truncated),
+    };
+    let (raw, truncated) = match structure_cut(raw) {
+        Some(cut) => (raw.get(..cut).unwrap_or(raw), true),
+        None => (raw, truncated),
     };
     let Some(parsed) = mail_parser::MessageParser::default().parse(raw) else {
         return unparsable(raw, truncated);
@@ -484,6 +524,47 @@ mod tests {
             let alert = classify(&parse(raw, false));
             assert_eq!(alert.kind, Kind::Other);
         }
+    }
+
+    #[test]
+    fn thousands_of_parts_or_fields_are_cut_and_marked_truncated() {
+        let mut parts = String::from(
+            "From: a@b.example\r\nSubject: parts\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n",
+        );
+        for i in 0..3000 {
+            parts.push_str(&format!(
+                "--b\r\nContent-Type: text/plain\r\n\r\npart {i}\r\n"
+            ));
+        }
+        let mut fields = String::from("From: a@b.example\r\nSubject: fields\r\n");
+        for i in 0..5000 {
+            fields.push_str(&format!("X-Filler-{i}: {i}\r\n"));
+        }
+        fields.push_str("\r\nbody\r\n");
+        for (raw, subject) in [(parts, "parts"), (fields, "fields")] {
+            let cut = structure_cut(raw.as_bytes()).expect("cut");
+            let kept = &raw.as_bytes()[..cut];
+            let lines = kept
+                .split(|&b| b == b'\n')
+                .filter(|l| {
+                    l.starts_with(b"--") || l.starts_with(b"Content-Type:") || l.starts_with(b"X-")
+                })
+                .count();
+            assert!(
+                lines <= MAX_STRUCTURE_LINES,
+                "{subject}: {lines} lines kept"
+            );
+            let message = parse(raw.as_bytes(), false);
+            assert!(message.truncated, "{subject}");
+            assert_eq!(message.subject, subject);
+        }
+        // Ordinary system mail is never cut, even with "Name: value" lines in its body.
+        let mut report = String::from("From: root@h.example\r\nSubject: report\r\n\r\n");
+        for i in 0..500 {
+            report.push_str(&format!("Error: job {i} failed\r\n"));
+        }
+        assert_eq!(structure_cut(report.as_bytes()), None);
+        assert!(!parse(report.as_bytes(), false).truncated);
     }
 
     #[test]

@@ -98,6 +98,15 @@ fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(20)
 }
 
+/// `[log]`: how herald writes its log lines (which ones: `HERALD_LOG`).
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `"text"` (logfmt) or `"json"` (one object per line); `HERALD_LOG_FORMAT` overrides it.
+    #[serde(default)]
+    pub format: crate::logging::LogFormat,
+}
+
 /// `[defaults]`.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -136,6 +145,8 @@ struct RawConfig {
     #[serde(default)]
     server: ServerConfig,
     #[serde(default)]
+    log: LogConfig,
+    #[serde(default)]
     defaults: RawDefaults,
     #[serde(default)]
     windows: BTreeMap<String, RawWindow>,
@@ -157,6 +168,8 @@ pub struct Config {
     pub state: StateConfig,
     /// `[server]`.
     pub server: ServerConfig,
+    /// `[log]`.
+    pub log: LogConfig,
     /// `[defaults] sinks`: where unrouted alerts go.
     pub default_sinks: Vec<String>,
     /// `[defaults] fallback`: the sink that announces dead letters.
@@ -337,6 +350,7 @@ impl Context<'_> {
             accounts,
             state: raw.state,
             server: raw.server,
+            log: raw.log,
             default_sinks,
             fallback,
             sinks,

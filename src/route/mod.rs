@@ -71,9 +71,11 @@
 //! before any rule: the alert's `trusted` is set, and for untrusted mail `facts.origin` (the
 //! `address` and `host` of the hop where it came in from outside), so rules can match and
 //! templates show them. After the rules, `untrusted` applies whatever they said: `"mark"`
-//! sets an untrusted alert's severity to `info` and prefixes its title with
-//! [`UNVERIFIED_PREFIX`]; `"drop"` drops it (its `rule` then reads [`TRUST_RULE`]); `"keep"`
-//! leaves it to the rules. A message that is not mail at all has no chain to vouch for it and
+//! sets an untrusted alert's severity to `info`, prefixes its title with
+//! [`UNVERIFIED_PREFIX`] and its `dedup_key` with [`UNVERIFIED_KEY_PREFIX`] (so it can neither
+//! fold, open nor close a genuine problem); `"drop"` drops it (its `rule` then reads
+//! [`TRUST_RULE`]); `"keep"` leaves it to the rules. Under `"mark"` and `"drop"` untrusted mail
+//! feeds no expectation. A message that is not mail at all has no chain to vouch for it and
 //! is untrusted. herald's own alerts (`route_own`) have no mail behind them: `trusted` stays
 //! null.
 //!
@@ -157,6 +159,9 @@ impl Matcher {
 /// What `untrusted = "mark"` puts before an untrusted alert's title.
 pub const UNVERIFIED_PREFIX: &str = "[unverified] ";
 
+/// What `untrusted = "mark"` puts before an untrusted alert's `dedup_key`.
+pub const UNVERIFIED_KEY_PREFIX: &str = "unverified:";
+
 /// The `rule` of an alert that `untrusted = "drop"` dropped, so that the log and `herald
 /// alerts` say what dropped it ("dropped by rule [trust]").
 pub const TRUST_RULE: &str = "[trust]";
@@ -228,6 +233,17 @@ impl Router {
 
     /// Which expectations `message`, classified and routed as `alert`, feeds.
     fn feeds(&self, message: &Message, alert: &Alert, now: DateTime<Utc>) -> Vec<String> {
+        // Only mail herald believes keeps an expectation alive: a stranger must not be able to
+        // hide a dead backup by mailing "backup done" (with `untrusted = "keep"` the
+        // expectations' own `match` decides, as the rules do).
+        let believed = alert.trusted != Some(false)
+            || self
+                .trust
+                .as_deref()
+                .is_some_and(|t| matches!(t.untrusted, Untrusted::Keep));
+        if !believed {
+            return Vec::new();
+        }
         self.expectations
             .iter()
             .filter(|e| e.matches(message, alert, now))
@@ -334,6 +350,13 @@ impl Router {
                 alert.title = one_line(
                     &format!("{UNVERIFIED_PREFIX}{}", alert.title),
                     TITLE_MAX_CHARS,
+                );
+                // A problem of its own: a forged "failed" must not fold the genuine failure
+                // that follows into a repeat, nor a forged "recovered" close a real page (or
+                // resolve its PagerDuty incident, which shares the key).
+                alert.dedup_key = one_line(
+                    &format!("{UNVERIFIED_KEY_PREFIX}{}", alert.dedup_key),
+                    DEDUP_KEY_MAX_CHARS,
                 );
             }
             Untrusted::Drop if decision.dropped => {}
@@ -759,6 +782,37 @@ mod tests {
         let d = Router::new(Vec::new(), Vec::new()).decide(&cron_via("203.0.113.5"), false, None);
         assert_eq!(d.alert.trusted, None, "no [trust]: null");
         assert_eq!(d.trust, None);
+    }
+
+    #[test]
+    fn a_marked_stranger_has_a_problem_of_its_own_and_feeds_no_expectation() {
+        let expect = "[[expect]]\nname = \"backup\"\nmatch = { kind = \"cron\" }\nevery = \"1d\"\n";
+        let router = |untrusted: &str| {
+            let c = config(&format!(
+                "{PAGE}{expect}[trust]\nnetworks = [\"10.0.0.0/8\"]\nuntrusted = \"{untrusted}\"\n"
+            ));
+            Router::new(c.rules.clone(), c.default_sinks.clone())
+                .trusting(c.trust.clone())
+                .expecting(c.expectations.clone())
+        };
+        let genuine = router("mark").decide(&cron_via("10.1.2.3"), false, None);
+        let forged = router("mark").decide(&cron_via("203.0.113.5"), false, None);
+        assert_eq!(genuine.expected, ["backup"]);
+        assert_eq!(
+            forged.alert.dedup_key,
+            format!("{UNVERIFIED_KEY_PREFIX}{}", genuine.alert.dedup_key),
+            "a forged mail must not share the genuine problem (nor its PagerDuty incident)"
+        );
+        assert!(forged.expected.is_empty(), "{:?}", forged.expected);
+        let dropped = router("drop").decide(&cron_via("203.0.113.5"), false, None);
+        assert!(dropped.expected.is_empty(), "{:?}", dropped.expected);
+        let kept = router("keep").decide(&cron_via("203.0.113.5"), false, None);
+        assert_eq!(
+            kept.expected,
+            ["backup"],
+            "keep: the expectation's match decides"
+        );
+        assert_eq!(kept.alert.dedup_key, genuine.alert.dedup_key);
     }
 
     #[test]

@@ -617,6 +617,10 @@ pub trait OutboxStore: Send + Sync {
     async fn claim(&self, sink: &str, now: i64, limit: usize) -> Result<Vec<Due>>;
     /// Returns claimed rows to `pending` untouched (their turn did not come).
     async fn release(&self, ids: Vec<i64>) -> Result<()>;
+    /// Returns every `sending` row to `pending`: after a reload abandoned deliveries in flight
+    /// at its deadline (unconfirmed, so they are attempted again, as after a crash). Only
+    /// while no worker runs. Returns how many.
+    async fn requeue_sending(&self) -> Result<usize>;
     /// When `sink`'s next pending row falls due, if it has one.
     async fn next_due(&self, sink: &str) -> Result<Option<i64>>;
     /// Marks one row delivered (the sink confirmed it).

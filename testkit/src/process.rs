@@ -107,6 +107,14 @@ impl HeraldProcess {
         signal_pid(self.pid, Signal::TERM).context("sending SIGTERM")
     }
 
+    /// Sends SIGHUP (what `systemctl reload` sends). A no-op if the process has exited.
+    pub fn sighup(&mut self) -> Result<()> {
+        if self.child.try_wait().context("polling child")?.is_some() {
+            return Ok(());
+        }
+        signal_pid(self.pid, Signal::HUP).context("sending SIGHUP")
+    }
+
     /// Sends SIGKILL. A no-op if the process has already exited.
     pub fn kill(&mut self) -> Result<()> {
         if self.child.try_wait().context("polling child")?.is_some() {

@@ -115,6 +115,11 @@ pub async fn one_alert_through(
     herald.wait_exit(DEADLINE).await.expect("exit");
 }
 
+/// `text` as it appears inside a quoted logfmt value of herald's log (`"` and `\` escaped).
+pub fn logged(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
 /// Spawns the herald binary with the test password in its environment and debug logs.
 pub fn spawn(args: &[&str]) -> HeraldProcess {
     spawn_env(args, &[])

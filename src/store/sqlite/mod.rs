@@ -355,6 +355,7 @@ impl IngestStore for SqliteStore {
             .collect::<Result<Vec<_>>>()?;
         self
             .run("cannot commit to the state database", Durability::Synced, move |conn| {
+                crate::crashpoint::wedge("store-commit");
                 let (account, folder) = (&mailbox.account, &mailbox.folder);
                 let tx = conn.transaction()?;
                 let now = now_ms();
@@ -661,6 +662,16 @@ impl OutboxStore for SqliteStore {
             ids,
             "UPDATE outbox SET state = 'pending' WHERE id = ?1 AND state = 'sending'",
         )
+        .await
+    }
+
+    async fn requeue_sending(&self) -> Result<usize> {
+        self.run("cannot recover the outbox", Durability::Crash, |conn| {
+            conn.execute(
+                "UPDATE outbox SET state = 'pending' WHERE state = 'sending'",
+                [],
+            )
+        })
         .await
     }
 
