@@ -152,6 +152,39 @@ async fn append_and_lmtp_delivery_arrive_through_the_push() {
     stop(herald).await;
 }
 
+/// A reload (SIGHUP) makes new sessions; hints reach them, not the stopped ones.
+#[tokio::test]
+async fn pushes_reach_the_mailboxes_of_a_reloaded_configuration() {
+    let mut s = setup().await;
+    let mut herald = start_herald(&s.config).await;
+    herald.sighup().expect("sighup");
+    herald
+        .wait_for_stderr("Configuration reloaded.", DEADLINE)
+        .await
+        .expect("reloaded");
+    // The new session's first look is done once it idles.
+    let idled = herald.stderr().matches("Idling.").count();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while herald.stderr().matches("Idling.").count() <= idled {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            herald.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = metric(s.port, PUSH_FETCHES).await;
+    s.dovecot
+        .append("INBOX", &plain_mail("pushed after a reload", "x\n"))
+        .await
+        .expect("append");
+    let confirmed = Instant::now();
+    let latency = alert_after(&mut s.receiver, &herald, confirmed, "pushed after a reload").await;
+    assert!(metric(s.port, PUSH_FETCHES).await > before);
+    assert!(latency < IDLE_NOTICE, "{latency:?}\n{}", herald.stderr());
+    stop(herald).await;
+}
+
 #[tokio::test]
 async fn a_stopped_or_frozen_herald_does_not_hold_up_delivery() {
     let mut s = setup().await;
