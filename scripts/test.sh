@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: installs what the tests need (Dovecot for
-# the IMAP tests, ngIRCd for the IRC tests, systemd for the unit file's, hadolint for the Dockerfile), then runs the house checks and every test.
+# the IMAP tests, with LMTP and lua-socket for the push tests, ngIRCd for the IRC tests, systemd for
+# the unit file's, hadolint for the Dockerfile), then runs the house checks and every test.
 # Run as root from anywhere: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,9 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v dovecot >/dev/null 2>&1 || missing+=(dovecot-imapd)
 command -v ngircd >/dev/null 2>&1 || missing+=(ngircd)
+# The push tests: Dovecot's LMTP server, and LuaSocket for herald's push script (Lua 5.4).
+[ -x /usr/lib/dovecot/lmtp ] || missing+=(dovecot-lmtpd)
+[ -f /usr/share/lua/5.4/socket.lua ] || missing+=(lua-socket)
 # systemd-analyze, for the unit file's tests (tests/systemd.rs).
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -36,6 +36,9 @@ enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// Check that Dovecot's push hints reach herald: APPEND to a scratch folder (deleted
+    /// after) and wait a few seconds for the hint at [server] listen.
+    PushTest,
     /// Show what herald would do with each message; sends nothing.
     Classify {
         /// One JSON object per message (JSON Lines).
@@ -198,6 +201,11 @@ pub fn main() -> ExitCode {
             })
         }),
         Command::Check { connect } => load(file).map(|config| check(&config, connect)),
+        Command::PushTest => load(file).map(|config| {
+            runtime()
+                .and_then(|rt| rt.block_on(crate::push_test::run(&config)))
+                .map(|sentence| println!("{sentence}"))
+        }),
         Command::Classify {
             json,
             explain,

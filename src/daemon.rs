@@ -30,6 +30,7 @@ use crate::error::chain;
 use crate::expect::watch::Watcher;
 use crate::metrics::Metrics;
 use crate::notify::{imap_status, status_line, Notifier, Supervision};
+use crate::push::Pushes;
 use crate::route::Router;
 use crate::source::imap::Mailbox;
 use crate::store::{self, Access, Store};
@@ -77,6 +78,8 @@ pub async fn run_reloading(
         metrics: metrics.clone(),
         // One clock for dispatch's and the expectations' timers, across reloads.
         clock: Clock::start(),
+        // Each pipeline registers its mailboxes (and the token) here; the server outlives it.
+        pushes: Arc::new(Pushes::new(None, metrics.clone())),
     };
     let mut pipeline = Running(Some(Pipeline::start(&config, &base)?));
     // What lives as long as the process, across reloads.
@@ -92,9 +95,10 @@ pub async fn run_reloading(
             .max()
             .unwrap_or_default();
         let (metrics, store, stop) = (metrics.clone(), store.clone(), process_stop.clone());
+        let pushes = base.pushes.clone();
         tokio::spawn(async move {
             if let Err(error) =
-                crate::serve::serve_on(listener, metrics, store, ready_within, stop).await
+                crate::serve::serve_on(listener, metrics, store, pushes, ready_within, stop).await
             {
                 error!(error = %chain(error.as_ref()), "The metrics server failed.");
             }
@@ -260,6 +264,8 @@ struct Base {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     clock: Clock,
+    /// Where `POST /push` hints go.
+    pushes: Arc<Pushes>,
 }
 
 /// Builds every sink of `config`, by name.
@@ -310,6 +316,7 @@ impl Pipeline {
             store,
             metrics,
             clock,
+            pushes,
         } = base;
         let sinks = build_sinks(config)?;
         let router = Router::new(config.rules.clone(), config.default_sinks.clone())
@@ -319,17 +326,22 @@ impl Pipeline {
         // The previous configuration's sessions are gone; readiness and STATUS= are about
         // this one's.
         metrics.forget_sessions();
+        // Push hints go to this configuration's mailboxes from now on; before they exist, a
+        // hint finds none and is only counted (the new sessions fetch at start anyway).
+        pushes.reset(config.server.push_token.clone());
         let mut sources = Vec::new();
         for account in &config.accounts {
             for folder in &account.folders {
-                sources.push(Mailbox::new(
+                let mailbox = Mailbox::new(
                     account,
                     folder,
                     router.clone(),
                     store.clone(),
                     dispatch_wake.clone(),
                     metrics.clone(),
-                )?);
+                )?;
+                pushes.register(&account.imap.username, folder, mailbox.push_wake());
+                sources.push(mailbox);
             }
         }
 

@@ -34,6 +34,8 @@ pub mod logging;
 mod manual;
 pub mod metrics;
 pub mod notify;
+pub mod push;
+mod push_test;
 pub mod route;
 pub mod serve;
 pub mod silence;

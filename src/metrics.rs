@@ -32,6 +32,8 @@
 //! | `herald_dispatched_total` | counter | `outcome` (notified, grouped, folded, resolved, silenced) |
 //! | `herald_digests_total` | counter | |
 //! | `herald_imap_reconnects_total` | counter | |
+//! | `herald_pushes_total` | counter | `outcome` (woke, unknown, refused, malformed) |
+//! | `herald_push_fetches_total` | counter | |
 //! | `herald_config_reloads_total` | counter | `result` (ok, error) |
 //! | `herald_imap_session_up` | gauge | |
 //! | `herald_imap_last_contact_seconds` | gauge | |
@@ -161,6 +163,45 @@ fn fate_label(fate: &Fate) -> Option<&'static str> {
 
 const FATE_LABELS: [&str; 5] = ["notified", "grouped", "folded", "resolved", "silenced"];
 
+/// `{outcome}` of a push hint (`POST /push`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PushLabels {
+    /// What herald made of it (see [`PushOutcome`]).
+    outcome: &'static str,
+}
+
+/// What became of one push hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// It named a watched mailbox, which was woken.
+    Woke,
+    /// It named no watched mailbox (another user or folder): ignored.
+    Unknown,
+    /// It lacked the right token: refused.
+    Refused,
+    /// Its body was not the script's JSON: ignored.
+    Malformed,
+}
+
+impl PushOutcome {
+    /// The `outcome` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushOutcome::Woke => "woke",
+            PushOutcome::Unknown => "unknown",
+            PushOutcome::Refused => "refused",
+            PushOutcome::Malformed => "malformed",
+        }
+    }
+}
+
+const PUSH_OUTCOMES: [PushOutcome; 4] = [
+    PushOutcome::Woke,
+    PushOutcome::Unknown,
+    PushOutcome::Refused,
+    PushOutcome::Malformed,
+];
+
 /// `{sink, state}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OutboxLabels {
@@ -233,6 +274,10 @@ pub struct Metrics {
     digests: Counter,
     /// `herald_imap_reconnects_total`.
     reconnects: Counter,
+    /// `herald_pushes_total{outcome}`.
+    pushes: Family<PushLabels, Counter>,
+    /// `herald_push_fetches_total`.
+    push_fetches: Counter,
     /// `herald_config_reloads_total{result}`.
     reloads: Family<ReloadLabels, Counter>,
     /// Each watched mailbox's session, by its name (`account/folder`).
@@ -325,6 +370,23 @@ impl Metrics {
             "IMAP connections made after the first",
             reconnects.clone(),
         );
+        let pushes = Family::<PushLabels, Counter>::default();
+        registry.register(
+            "pushes",
+            "Push hints received on POST /push (Dovecot's push_notification), by what became of them",
+            pushes.clone(),
+        );
+        for outcome in PUSH_OUTCOMES {
+            let _ = pushes.get_or_create(&PushLabels {
+                outcome: outcome.as_str(),
+            });
+        }
+        let push_fetches = Counter::default();
+        registry.register(
+            "push_fetches",
+            "Fetches started by a push hint rather than by IDLE (pushes arriving during a fetch share the next one)",
+            push_fetches.clone(),
+        );
         let reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "config_reloads",
@@ -348,6 +410,8 @@ impl Metrics {
             dispatched,
             digests,
             reconnects,
+            pushes,
+            push_fetches,
             reloads,
             sessions: Mutex::default(),
             started: Instant::now(),
@@ -464,6 +528,29 @@ impl Metrics {
         self.latency
             .get_or_create(&SinkLabels { sink })
             .observe(seconds);
+    }
+
+    /// Counts a push hint by what became of it.
+    pub fn push(&self, outcome: PushOutcome) {
+        self.pushes
+            .get_or_create(&PushLabels {
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    /// How many push hints had `outcome` so far.
+    pub fn push_count(&self, outcome: PushOutcome) -> u64 {
+        self.pushes
+            .get_or_create(&PushLabels {
+                outcome: outcome.as_str(),
+            })
+            .get()
+    }
+
+    /// Counts a fetch started by a push.
+    pub fn push_fetch(&self) {
+        self.push_fetches.inc();
     }
 
     /// Counts a reconnection to the IMAP server.

@@ -9,12 +9,17 @@
 //!   person looking finds them.
 //! - `/metrics`: the [`Metrics`] exposition, with the outbox depth read from the store.
 //!
+//! - `POST /push`: a push hint from Dovecot's push_notification plugin ([`crate::push`]):
+//!   answered at once (204; 403 without the `[server] push_token`; 400 for a body that is not
+//!   the script's JSON), after waking the mailbox it names, which then fetches.
+//!
 //! `HEAD` is answered like `GET`; other methods get 405, other paths 404.
 //!
 //! The endpoint must never become a way to hurt the daemon, so every client is bounded:
 //! at most [`MAX_CONNECTIONS`] at once (extra ones are closed at once), request heads of at
 //! most [`MAX_BUF_SIZE`] bytes that must arrive within [`HEADER_READ_TIMEOUT`] (an idle or
-//! stuck client is dropped then), request bodies are never read, and a connection is closed
+//! stuck client is dropped then), request bodies are never read (but a push's, at most
+//! [`push::MAX_BODY`] bytes within [`PUSH_BODY_TIMEOUT`]), and a connection is closed
 //! gracefully after [`MAX_CONNECTION_AGE`]. Store calls run one at a time under
 //! [`STORE_TIMEOUT`], so a wedged database makes probes fail fast instead of piling up
 //! calls.
@@ -26,7 +31,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::server::conn::http1;
@@ -42,7 +47,8 @@ use tracing::{debug, info, warn};
 use async_trait::async_trait;
 
 use crate::error::chain;
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, Metrics, PushOutcome};
+use crate::push::{self, Pushes};
 use crate::store::AdminStore;
 
 /// Connections served at once. A scraper, a supervisor and an operator's curl need a handful;
@@ -70,6 +76,10 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// previous one included. Under kubelet's and most load balancers' probe timeouts of a few
 /// seconds; a store slower than this is not ready anyway.
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a push's body may take to arrive after its head. The script sends both at once;
+/// a client that dawdles gets a 400 rather than holding its connection slot.
+pub const PUSH_BODY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the endpoint needs from the store; implemented for every [`AdminStore`], and by
 /// fakes in tests.
@@ -119,7 +129,8 @@ pub async fn serve<S: StoreProbe + ?Sized>(
     stop: CancellationToken,
 ) -> Result<()> {
     let (listener, _) = bind(listen).await?;
-    serve_on(listener, metrics, store, ready_within, stop).await
+    let pushes = Arc::new(Pushes::new(None, metrics.clone()));
+    serve_on(listener, metrics, store, pushes, ready_within, stop).await
 }
 
 /// Shared by every connection.
@@ -132,25 +143,29 @@ struct State<S: ?Sized> {
     ready_within: Duration,
     /// One store call at a time (see [`STORE_TIMEOUT`]).
     store_turn: Arc<Semaphore>,
+    /// Where `POST /push` hints go.
+    pushes: Arc<Pushes>,
 }
 
 /// Serves on `listener` until `stop` is cancelled; then asks open connections to close and
-/// waits up to [`CLOSE_GRACE`] for them.
+/// waits up to [`CLOSE_GRACE`] for them. Push hints go to `pushes`.
 pub async fn serve_on<S: StoreProbe + ?Sized>(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     store: Arc<S>,
+    pushes: Arc<Pushes>,
     ready_within: Duration,
     stop: CancellationToken,
 ) -> Result<()> {
     if let Ok(address) = listener.local_addr() {
-        info!(%address, "Serving /metrics, /healthz and /readyz.");
+        info!(%address, "Serving /metrics, /healthz, /readyz and /push.");
     }
     let state = Arc::new(State {
         metrics,
         store,
         ready_within,
         store_turn: Arc::new(Semaphore::new(1)),
+        pushes,
     });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
@@ -200,7 +215,7 @@ async fn connection<S: StoreProbe + ?Sized>(
 ) {
     let service = service_fn(move |request| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(respond(&state, &request).await) }
+        async move { Ok::<_, Infallible>(respond(&state, request).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -235,9 +250,12 @@ async fn connection<S: StoreProbe + ?Sized>(
 /// Routes one request.
 async fn respond<S: StoreProbe + ?Sized>(
     state: &State<S>,
-    request: &Request<Incoming>,
+    request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let path = request.uri().path();
+    if path == "/push" {
+        return push(state, request).await;
+    }
     let known = matches!(path, "/healthz" | "/readyz" | "/metrics");
     if !known {
         return text(StatusCode::NOT_FOUND, "not found\n");
@@ -286,6 +304,46 @@ async fn respond<S: StoreProbe + ?Sized>(
             );
             no_cache(response)
         }
+    }
+}
+
+/// `POST /push`: reads the bounded body, hands the hint over (which wakes its mailbox without
+/// waiting for it), and answers.
+async fn push<S: StoreProbe + ?Sized>(
+    state: &State<S>,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if request.method() != Method::POST {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    let (parts, body) = request.into_parts();
+    let token = parts
+        .headers
+        .get(push::TOKEN_HEADER)
+        .map(HeaderValue::as_bytes);
+    let body = tokio::time::timeout(
+        PUSH_BODY_TIMEOUT,
+        Limited::new(body, push::MAX_BODY).collect(),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .map(|collected| collected.to_bytes());
+    match state.pushes.hint(token, body.as_deref()) {
+        PushOutcome::Woke | PushOutcome::Unknown => {
+            let mut response = text(StatusCode::NO_CONTENT, Bytes::new());
+            response.headers_mut().remove(CONTENT_TYPE);
+            response
+        }
+        PushOutcome::Refused => text(StatusCode::FORBIDDEN, "push token missing or wrong\n"),
+        PushOutcome::Malformed => text(
+            StatusCode::BAD_REQUEST,
+            "expected {\"user\": ..., \"mailbox\": ...}\n",
+        ),
     }
 }
 

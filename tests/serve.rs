@@ -58,6 +58,7 @@ impl Server {
             listener,
             metrics.clone(),
             store,
+            Arc::new(herald::push::Pushes::new(None, metrics.clone())),
             ready_within,
             stop.clone(),
         ));
@@ -279,6 +280,44 @@ async fn metrics_with_a_real_store() {
     let (status, text) = server.get("/metrics").await;
     assert_eq!(status, 200);
     assert!(text.contains("herald_messages_fetched_total 0"), "{text}");
+    server.shut_down().await;
+}
+
+/// `/push` takes POST only, answers a hint for no watched mailbox with 204 (counted), and a
+/// body that is not the script's JSON, or longer than a hint can be, with 400.
+#[tokio::test]
+async fn push_hints_are_bounded_and_counted() {
+    let server = Server::start(Arc::new(FakeStore::default()), Duration::from_secs(60)).await;
+    let (status, _) = server.get("/push").await;
+    assert_eq!(status, 405);
+    let post = |body: String| {
+        client()
+            .post(format!("{}/push", server.base))
+            .body(body)
+            .send()
+    };
+    let unknown = post(r#"{"user":"nobody","mailbox":"INBOX","uid":1}"#.to_owned())
+        .await
+        .unwrap();
+    assert_eq!(unknown.status().as_u16(), 204);
+    assert_eq!(
+        post("not json".to_owned()).await.unwrap().status().as_u16(),
+        400
+    );
+    let huge = format!(
+        r#"{{"user":"nobody","mailbox":"INBOX","x":"{}"}}"#,
+        "x".repeat(herald::push::MAX_BODY)
+    );
+    assert_eq!(post(huge).await.unwrap().status().as_u16(), 400);
+    let (_, text) = server.get("/metrics").await;
+    assert!(
+        text.contains("herald_pushes_total{outcome=\"unknown\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("herald_pushes_total{outcome=\"malformed\"} 2"),
+        "{text}"
+    );
     server.shut_down().await;
 }
 

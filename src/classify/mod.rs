@@ -174,13 +174,15 @@ fn structure_cut(raw: &[u8]) -> Option<usize> {
     let mut seen = 0;
     let mut start = 0;
     while start < raw.len() {
-        let line = &raw[start..];
+        let Some(line) = raw.get(start..) else {
+            break;
+        };
         let field_like = line.starts_with(b"--")
             || line
                 .iter()
                 .take(80)
                 .position(|&b| !(b'!'..=b'~').contains(&b) || b == b':')
-                .is_some_and(|i| i > 0 && line[i] == b':');
+                .is_some_and(|i| i > 0 && line.get(i) == Some(&b':'));
         if field_like {
             seen += 1;
             if seen > MAX_STRUCTURE_LINES {
@@ -202,7 +204,7 @@ pub fn parse(raw: &[u8], truncated: bool) -> Message {
         _ => (raw, truncated),
     };
     let (raw, truncated) = match structure_cut(raw) {
-        Some(cut) => (&raw[..cut], true),
+        Some(cut) => (raw.get(..cut).unwrap_or(raw), true),
         None => (raw, truncated),
     };
     let Some(parsed) = mail_parser::MessageParser::default().parse(raw) else {

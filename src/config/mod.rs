@@ -78,6 +78,9 @@ pub struct ServerConfig {
         deserialize_with = "deserialize_duration"
     )]
     pub shutdown_timeout: Duration,
+    /// The secret push hints must carry (`X-Herald-Token`, the script's `herald_push_token`);
+    /// unset: hints are taken from anyone who can reach `listen`.
+    pub push_token: Option<herald_bridges::Secret>,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +88,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: None,
             shutdown_timeout: default_shutdown_timeout(),
+            push_token: None,
         }
     }
 }
@@ -352,6 +356,23 @@ impl Context<'_> {
             expectations.push(expectation);
         }
         let trust = raw.trust.take().map(|t| t.validate(self)).transpose()?;
+        if let Some(token) = &raw.server.push_token {
+            let problem = if raw.server.listen.is_none() {
+                Some("needs [server] listen: push hints arrive there")
+            } else if token.expose().is_empty() {
+                Some("must not be empty (leave it out to take hints without a token)")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(ConfigError {
+                    file: self.path.to_owned(),
+                    position: None,
+                    key: Some("server.push_token".to_owned()),
+                    message: problem.to_owned(),
+                });
+            }
+        }
         Ok(Config {
             path: self.path.to_owned(),
             accounts,
@@ -487,6 +508,28 @@ url = "http://127.0.0.1:9/hook"
         let both = text.replace("password_file", "password = \"x\"\npassword_file");
         let error = parse(&both).unwrap_err();
         assert_eq!(error.key.as_deref(), Some("imap.password_file"), "{error}");
+    }
+
+    #[test]
+    fn push_token_file_is_read_and_needs_listen() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "t0ken\n").unwrap();
+        let server = format!(
+            "[server]\nlisten = \"127.0.0.1:9469\"\npush_token_file = {:?}\n",
+            file.display().to_string()
+        );
+        let config = parse(&format!("{server}{MINIMAL}")).unwrap();
+        let token = config.server.push_token.as_ref().map(|t| t.expose());
+        assert_eq!(token, Some("t0ken"));
+        assert!(!format!("{config:?}").contains("t0ken"));
+
+        let without_listen = server.replace("listen = \"127.0.0.1:9469\"\n", "");
+        let error = parse(&format!("{without_listen}{MINIMAL}")).unwrap_err();
+        assert_eq!(error.key.as_deref(), Some("server.push_token"), "{error}");
+        std::fs::write(&file, "").unwrap();
+        let error = parse(&format!("{server}{MINIMAL}")).unwrap_err();
+        assert_eq!(error.key.as_deref(), Some("server.push_token"), "{error}");
     }
 
     #[test]

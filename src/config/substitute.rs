@@ -27,6 +27,7 @@ const SECRET_KEYS: &[&str] = &[
     "access_token",
     "api_key",
     "user",
+    "push_token",
 ];
 
 /// Pass 1 over one table: `${NAME}` in strings, `*_file` twins of secret keys.

@@ -12,9 +12,12 @@
 //!   is served, and a failed bind is fatal, so the implicit-TLS port is up too.
 //! - Any user logs in with [`PASSWORD`] (static passdb); mail is stored as `nobody`
 //!   because Dovecot refuses to access mail as root.
+//! - Started with [`Dovecot::start_push`], it also listens for LMTP on a loopback port and
+//!   runs herald's push script (`dist/dovecot/herald-push.lua`) through the push_notification
+//!   plugin's Lua driver, exactly as the README tells an operator to.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -85,6 +88,21 @@ pub struct Dovecot {
     pgid: Option<u32>,
     /// Settings appended to the configuration (see [`Dovecot::set_extra_config`]).
     extra: String,
+    /// The push plugin's settings, when started with [`Dovecot::start_push`].
+    push: Option<Push>,
+    /// LMTP port on 127.0.0.1, when started with [`Dovecot::start_push`].
+    lmtp_port: Option<u16>,
+}
+
+/// How [`Dovecot::start_push`] configures the push_notification plugin.
+#[derive(Debug, Clone)]
+pub struct Push {
+    /// `herald_push_url`: where the script POSTs its hints.
+    pub url: String,
+    /// The Lua script (`dist/dovecot/herald-push.lua`).
+    pub script: PathBuf,
+    /// `herald_push_token`, when set.
+    pub token: Option<String>,
 }
 
 /// Why one start attempt did not succeed.
@@ -114,14 +132,29 @@ impl Dovecot {
         Self::launch(Some(write_self_signed_ca)).await
     }
 
+    /// Starts a plain-text instance that also delivers over LMTP ([`Dovecot::lmtp_port`])
+    /// and runs the push_notification plugin with `push`'s Lua script, for IMAP APPEND and
+    /// LMTP delivery alike. Login names and LMTP recipients lose their domain
+    /// (`auth_username_format = %Ln`), so `herald@localhost` is [`USER`]'s INBOX.
+    pub async fn start_push(push: Push) -> Result<Self> {
+        Self::launch_with(None, Some(push)).await
+    }
+
     async fn launch(tls: Option<WriteCert>) -> Result<Self> {
+        Self::launch_with(tls, None).await
+    }
+
+    async fn launch_with(tls: Option<WriteCert>, push: Option<Push>) -> Result<Self> {
         let mut dovecot = Self::prepare(tls)?;
         let tls = tls.is_some();
+        let lmtp = push.is_some();
+        dovecot.push = push;
         let mut last = None;
         for _ in 0..PORT_ATTEMPTS {
-            let (port, tls_port) = free_port_pair().context("choosing ports")?;
+            let (port, tls_port, lmtp_port) = free_ports().context("choosing ports")?;
             dovecot.port = port;
             dovecot.tls_port = tls.then_some(tls_port);
+            dovecot.lmtp_port = lmtp.then_some(lmtp_port);
             match dovecot.run().await {
                 Ok(()) => return Ok(dovecot),
                 Err(Attempt::PortTaken(e)) => last = Some(e),
@@ -167,12 +200,28 @@ impl Dovecot {
             child: None,
             pgid: None,
             extra: String::new(),
+            push: None,
+            lmtp_port: None,
         })
     }
 
     /// Plain IMAP port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// LMTP port on 127.0.0.1, when started with [`Dovecot::start_push`].
+    pub fn lmtp_port(&self) -> Option<u16> {
+        self.lmtp_port
+    }
+
+    /// Delivers `raw` to [`USER`]'s INBOX over LMTP, as Postfix would; returns once Dovecot
+    /// confirmed the delivery (`250`). Needs [`Dovecot::start_push`].
+    pub async fn deliver_lmtp(&self, raw: &[u8]) -> Result<()> {
+        let port = self
+            .lmtp_port
+            .context("this Dovecot has no LMTP listener (start it with Dovecot::start_push)")?;
+        crate::lmtp::deliver(port, &format!("{USER}@localhost"), raw).await
     }
 
     /// Implicit-TLS (imaps) port on 127.0.0.1, when started with TLS.
@@ -427,9 +476,42 @@ impl Dovecot {
             ),
             None => "ssl = no".to_owned(),
         };
+        let push = self.push.as_ref().map_or_else(String::new, |push| {
+            let token = push
+                .token
+                .as_ref()
+                .map(|t| format!("  herald_push_token = {t}\n"))
+                .unwrap_or_default();
+            format!(
+                "auth_username_format = %Ln
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {lmtp}
+  }}
+  unix_listener lmtp {{
+    mode = 0600
+  }}
+}}
+mail_plugins = $mail_plugins notify push_notification mail_lua push_notification_lua
+plugin {{
+  push_notification_driver = lua:file={script}
+  herald_push_url = {url}
+{token}}}
+",
+                lmtp = self.lmtp_port.unwrap_or(0),
+                script = push.script.display(),
+                url = push.url,
+            )
+        });
+        let protocols = if self.push.is_some() {
+            "imap lmtp"
+        } else {
+            "imap"
+        };
         format!(
             "# Written by herald-testkit; see shared/reference/dovecot.md.
-protocols = imap
+protocols = {protocols}
 listen = 127.0.0.1
 base_dir = {dir}/run
 state_dir = {dir}/state
@@ -464,7 +546,7 @@ service imap-login {{
 service anvil {{
   chroot =
 }}
-{extra}
+{push}{extra}
 ",
             extra = self.extra,
             token = self.token,
@@ -555,10 +637,21 @@ async fn wait_group_gone_async(pgid: u32) -> Result<()> {
 }
 
 /// Two distinct free loopback ports (both bound at once, so they differ).
+#[cfg(test)]
 fn free_port_pair() -> Result<(u16, u16)> {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-    let b = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
+    let (a, b, _) = free_ports()?;
+    Ok((a, b))
+}
+
+/// Three distinct free loopback ports (all bound at once, so they differ): IMAP, IMAPS, LMTP.
+fn free_ports() -> Result<(u16, u16, u16)> {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0");
+    let (a, b, c) = (bind()?, bind()?, bind()?);
+    Ok((
+        a.local_addr()?.port(),
+        b.local_addr()?.port(),
+        c.local_addr()?.port(),
+    ))
 }
 
 /// Numeric id of `name` in a passwd-format file (`/etc/passwd`, `/etc/group`).

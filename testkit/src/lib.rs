@@ -1,7 +1,8 @@
 //! herald-testkit: real components for herald's integration tests and benchmarks.
 //!
 //! - [`Dovecot`]: a private Dovecot IMAP server per test (plain or TLS), plus server-side
-//!   helpers that put mail in and read flags back over real IMAP.
+//!   helpers that put mail in (IMAP APPEND, LMTP) and read flags back over real IMAP; with
+//!   [`Push`], Dovecot's push_notification plugin running herald's Lua script.
 //! - [`Ngircd`]: a private ngIRCd server per test (plain or TLS); [`IrcClient`] joins a channel
 //!   and records what arrives.
 //! - [`RawImap`]: a minimal IMAP client, independent of herald's own IMAP code.
@@ -21,15 +22,17 @@
 mod dovecot;
 mod http;
 mod imap;
+mod lmtp;
 mod mail;
 mod ngircd;
 mod process;
 mod proxy;
 mod tls;
 
-pub use dovecot::{Dovecot, PASSWORD, USER};
+pub use dovecot::{Dovecot, Push, PASSWORD, USER};
 pub use http::{Received, Receiver, Reply};
 pub use imap::{RawImap, Selected, COMMAND_TIMEOUT};
+pub use lmtp::LMTP_TIMEOUT;
 pub use mail::{cron_mail, eml_files, plain_mail};
 pub use ngircd::{is_message_from, IrcClient, IrcLine, Ngircd, NgircdOptions};
 pub use process::{process_group_members, HeraldProcess};

@@ -18,6 +18,10 @@
 //!   message even when its UID is below n, RFC 3501 §6.4.8);
 //! - after every IDLE exit and every reconnect, new mail is fetched, and a change reported
 //!   while not idling is not missed (unsolicited EXISTS are checked before each IDLE);
+//! - a push hint ([`crate::push`]) leaves IDLE (DONE) and fetches at once; hints arriving
+//!   during a fetch make one more fetch after it, and push-started fetches are at least
+//!   [`MIN_FETCH_GAP`] apart. A hint only starts a fetch: what is fetched is decided by the
+//!   cursor, as after any IDLE exit;
 //! - the first start on a mailbox (or after its UIDVALIDITY changed) alerts only on unseen
 //!   mail younger than `first_start_window`; the rest is recorded as baseline;
 //! - at most `max_message_bytes` of any message is fetched, and a batch is committed every
@@ -58,12 +62,13 @@ use tracing::{debug, error, info, warn};
 use crate::config::{Account, Processed};
 use crate::error::chain;
 use crate::metrics::Metrics;
+use crate::push::{PushWake, MIN_FETCH_GAP};
 use crate::route::{Decision, Router};
 use crate::store::{self, IngestStore, MailboxId, StoreError};
 
 mod session;
 
-use session::{Imap, Selected, Session};
+use session::{Idled, Imap, Selected, Session};
 
 /// Messages committed per transaction: one fsync per chunk rather than per message, and a
 /// bound on the alerts held in memory.
@@ -107,6 +112,44 @@ pub async fn probe(account: &Account) -> Result<()> {
         checked?;
     }
     Ok(())
+}
+
+/// For `herald push-test`: creates `folder` in `account` and appends `raw` to it; returns
+/// once the server confirmed the APPEND (so Dovecot's push script has run).
+pub async fn append_to_new_folder(account: &Account, folder: &str, raw: &[u8]) -> Result<()> {
+    let id = MailboxId::new(&account.name, folder);
+    let imap = Imap::new(
+        account.imap.clone(),
+        &id,
+        Metrics::new().session(&id.to_string()),
+    )?;
+    let mut session = imap.connect().await.map_err(SessionError::into_inner)?;
+    let result = async {
+        imap.command(session.create(folder)).await?;
+        imap.command(session.append(folder, Some("(\\Seen)"), None, raw))
+            .await
+    }
+    .await
+    .map_err(SessionError::into_inner);
+    imap.logout(session).await;
+    result
+}
+
+/// For `herald push-test`: deletes `folder` (and its mail) from `account`.
+pub async fn delete_folder(account: &Account, folder: &str) -> Result<()> {
+    let id = MailboxId::new(&account.name, folder);
+    let imap = Imap::new(
+        account.imap.clone(),
+        &id,
+        Metrics::new().session(&id.to_string()),
+    )?;
+    let mut session = imap.connect().await.map_err(SessionError::into_inner)?;
+    let result = imap
+        .command(session.delete(folder))
+        .await
+        .map_err(SessionError::into_inner);
+    imap.logout(session).await;
+    result
 }
 
 /// Fails, saying why, unless the server lists `target` as a folder mail can be moved to.
@@ -188,6 +231,8 @@ pub struct Mailbox {
     /// Set when a look at the unsolicited responses (for a FETCH's failure) found new mail
     /// announced, which the session loop would otherwise no longer see.
     announced: AtomicBool,
+    /// Push hints for this folder (see [`crate::push`]).
+    push: Arc<PushWake>,
 }
 
 /// The fetch failures of one mailbox, kept in memory across its sessions.
@@ -243,7 +288,13 @@ impl Mailbox {
             unreadable: Mutex::default(),
             marking: Mutex::default(),
             announced: AtomicBool::new(false),
+            push: Arc::default(),
         })
+    }
+
+    /// Where push hints for this folder go: register it with [`crate::push::Pushes`].
+    pub fn push_wake(&self) -> Arc<PushWake> {
+        self.push.clone()
     }
 
     /// Which folder of which account this is.
@@ -301,6 +352,8 @@ impl Mailbox {
             warn!(server = %self.imap.config.host, mailbox = %self.id, interval = ?self.imap.config.poll_interval, "Server lacks IDLE, polling.");
         }
         self.start_mailbox(&mut session, selected).await?;
+        // A push-started fetch begins no sooner than this (see MIN_FETCH_GAP).
+        let mut next_push_fetch = Instant::now();
         loop {
             self.fetch_new(&mut session, selected).await?;
             self.apply_marks(&mut session, selected).await?;
@@ -311,15 +364,37 @@ impl Mailbox {
             if drain_for_new_mail(&session.unsolicited_responses) || announced {
                 continue;
             }
+            if self.push.take() {
+                // Hints came while fetching (all of them together): look once more.
+                tokio::select! {
+                    () = tokio::time::sleep_until(next_push_fetch) => {}
+                    () = stop.cancelled() => {}
+                }
+                next_push_fetch = self.pushed();
+                continue;
+            }
             session = if has_idle {
-                match self.imap.idle(session, stop, self.mark_retry_at()).await? {
-                    Some(session) => session,
-                    None => return Ok(()),
+                let push = (&*self.push, next_push_fetch);
+                match self
+                    .imap
+                    .idle(session, stop, self.mark_retry_at(), push)
+                    .await?
+                {
+                    Idled::Woke(session) => session,
+                    Idled::Pushed(session) => {
+                        next_push_fetch = self.pushed();
+                        session
+                    }
+                    Idled::Stopped => return Ok(()),
                 }
             } else {
                 tokio::select! {
                     () = sleep(self.imap.config.poll_interval) => {}
                     () = stop.cancelled() => {}
+                    () = async {
+                        tokio::time::sleep_until(next_push_fetch).await;
+                        self.push.wait().await;
+                    } => next_push_fetch = self.pushed(),
                 }
                 self.imap.command(session.noop()).await?;
                 session
@@ -327,6 +402,13 @@ impl Mailbox {
         }
         self.imap.logout(session).await;
         Ok(())
+    }
+
+    /// Counts a fetch a push started; returns when the next one may start.
+    fn pushed(&self) -> Instant {
+        self.metrics.push_fetch();
+        debug!(mailbox = %self.id, "Push hint: fetching.");
+        Instant::now() + MIN_FETCH_GAP
     }
 
     /// On the first start on this mailbox (or a new UIDVALIDITY), records the baseline: the

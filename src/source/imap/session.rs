@@ -39,6 +39,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 use crate::config::{ImapConfig, TlsMode};
 use crate::error::chain;
 use crate::metrics::SessionHealth;
+use crate::push::PushWake;
 use crate::store::MailboxId;
 
 /// A byte stream IMAP can run over: plain TCP or TLS.
@@ -59,6 +60,16 @@ pub(super) struct Imap {
     tls: Option<Arc<rustls::ClientConfig>>,
     /// Where this session's health is reported (readiness, `herald_imap_*`).
     pub(super) health: Arc<SessionHealth>,
+}
+
+/// How an IDLE ended.
+pub(super) enum Idled {
+    /// The server reported a change, or it was time to refresh or retry marks.
+    Woke(Session),
+    /// A push hint arrived.
+    Pushed(Session),
+    /// `stop` was cancelled; the session is logged out.
+    Stopped,
 }
 
 /// What the server told us at SELECT.
@@ -345,12 +356,15 @@ impl Imap {
     /// IDLEs until the server reports something, the refresh interval passes, `wake` comes
     /// (a retry the caller has scheduled) or `stop`. Returns the session to fetch with, or
     /// `None` after a clean logout on `stop`.
+    /// IDLEs until the server reports a change, the refresh (or `wake`) time, `stop`, or a
+    /// push on `push.0` (heard no sooner than `push.1`), then leaves IDLE with DONE.
     pub(super) async fn idle(
         &self,
         session: Session,
         stop: &CancellationToken,
         wake: Option<Instant>,
-    ) -> Result<Option<Session>, SessionError> {
+        push: (&PushWake, Instant),
+    ) -> Result<Idled, SessionError> {
         // async-imap's `init` files whatever arrives before the `+` continuation (an EXISTS
         // sent right after the last command's completion) in the unsolicited queue, where the
         // IDLE wait never looks: check it once IDLE has begun, and leave at once if mail came.
@@ -359,15 +373,18 @@ impl Imap {
         self.command(handle.init()).await?;
         if drain_for_new_mail(&queue) {
             debug!("New mail announced as IDLE began; fetching.");
-            return self.command(handle.done()).await.map(Some);
+            return self.command(handle.done()).await.map(Idled::Woke);
         }
+        debug!(mailbox = %self.label, "Idling.");
         let refresh = Instant::now() + self.config.idle_refresh;
         let refresh_at = wake.map_or(refresh, |wake| wake.min(refresh));
-        let (response, stopped) = {
+        let (push, push_not_before) = push;
+        let (response, stopped, pushed) = {
             let (wait, interrupt) = handle.wait_with_timeout(self.config.idle_keepalive);
             tokio::pin!(wait);
             let mut interrupt = Some(interrupt);
             let mut stopped = false;
+            let mut pushed = false;
             // Interrupting (dropping the stop source) lets the wait future finish cleanly;
             // dropping the future itself could leave the stream mid-response.
             let response = loop {
@@ -380,10 +397,17 @@ impl Imap {
                         stopped = true;
                         interrupt = None;
                     }
+                    () = async {
+                        tokio::time::sleep_until(push_not_before).await;
+                        push.wait().await;
+                    }, if interrupt.is_some() => {
+                        pushed = true;
+                        interrupt = None;
+                    }
                 }
             };
             drop(interrupt);
-            (response, stopped)
+            (response, stopped, pushed)
         };
         let response = response.context("IDLE failed")?;
         if !matches!(response, IdleResponse::Timeout) {
@@ -399,9 +423,13 @@ impl Imap {
         let session = self.command(handle.done()).await?;
         if stopped {
             self.logout(session).await;
-            return Ok(None);
+            return Ok(Idled::Stopped);
         }
-        Ok(Some(session))
+        Ok(if pushed {
+            Idled::Pushed(session)
+        } else {
+            Idled::Woke(session)
+        })
     }
 }
 
