@@ -736,15 +736,13 @@ async fn a_missing_move_target_fails_check_and_refused_marks_back_off_while_aler
     let (code, stderr) = check("Nowhere");
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains(&common::logged("no folder \"Nowhere\""))
-            && stderr.contains("create it first"),
+        stderr.contains("no folder \"Nowhere\"") && stderr.contains("create it first"),
         "{stderr}"
     );
     let (code, stderr) = check("Alerts/Done");
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains(&common::logged("separator is \".\""))
-            && stderr.contains(&common::logged("write \"move:Alerts.Done\"")),
+        stderr.contains("separator is \".\"") && stderr.contains("write \"move:Alerts.Done\""),
         "{stderr}"
     );
 
