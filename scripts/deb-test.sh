@@ -37,6 +37,8 @@ for path in /usr/bin/herald /lib/systemd/system/herald.service /etc/herald/heral
 done
 if [ -f dist/dovecot/herald-push.lua ]; then
     grep -qx /usr/share/herald/dovecot-push.lua "$work/files" || fail "the Dovecot push script is missing"
+    grep -qx /usr/share/doc/herald/examples/90-herald-push.conf "$work/files" \
+        || fail "the Dovecot push configuration example is missing"
 fi
 dpkg-deb -c "$deb" | awk '$2 != "root/root" { bad = 1; print } END { exit bad }' \
     || fail "files not owned by root"
@@ -55,8 +57,8 @@ say "lintian: no errors"
 root="${HERALD_DEB_ROOT:-}"
 if [ -z "$root" ]; then
     root="$work/root"
-    say "making a throwaway Debian root with debootstrap (minbase + adduser) ..."
-    debootstrap --variant=minbase --include=adduser bookworm "$root" >"$work/debootstrap.log" 2>&1 \
+    say "making a throwaway Debian root with debootstrap (minbase + adduser, procps) ..."
+    debootstrap --variant=minbase --include=adduser,procps bookworm "$root" >"$work/debootstrap.log" 2>&1 \
         || { tail -20 "$work/debootstrap.log" >&2; fail "debootstrap failed"; }
 fi
 in_root() { chroot "$root" "$@"; }
