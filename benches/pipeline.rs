@@ -125,20 +125,21 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+/// p50 and p99 of `sorted`.
+fn p50_p99(sorted: &[Duration]) -> (Duration, Duration) {
+    (percentile(sorted, 0.5), percentile(sorted, 0.99))
 }
 
-async fn latency(n: usize) -> Result<()> {
-    let dovecot = Dovecot::start().await?;
-    let mut receiver = Receiver::start().await?;
-    let dir = tempfile::tempdir()?;
-    let mut herald = start(&config(dir.path(), &dovecot, &receiver)?)?;
-    let mut raw = RawImap::connect(dovecot.port(), dovecot.user(), dovecot.password()).await?;
-    raw.select("INBOX").await?;
-    raw.idle_start().await?;
-
-    // Warm-up: herald's first start and first IDLE.
+/// After a warm-up message (herald's first start and first IDLE), appends `n` messages titled
+/// `"{label} {i}"` and returns, sorted, how long after each APPEND was confirmed the webhook
+/// received its alert and the raw client heard Dovecot's IDLE notice.
+async fn timed_appends(
+    dovecot: &Dovecot,
+    receiver: &mut Receiver,
+    raw: &mut RawImap,
+    label: &str,
+    n: usize,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
     dovecot
         .append("INBOX", &plain_mail("warm-up", "x\n"))
         .await?;
@@ -153,33 +154,47 @@ async fn latency(n: usize) -> Result<()> {
         // inside it would be announced early, making Dovecot's own latency look shorter than
         // it is. Real system mail is this sparse.
         tokio::time::sleep(Duration::from_millis(700)).await;
-        dovecot
-            .append("INBOX", &plain_mail(&format!("latency {i}"), "x\n"))
-            .await?;
+        let title = format!("{label} {i}");
+        dovecot.append("INBOX", &plain_mail(&title, "x\n")).await?;
         let confirmed = Instant::now();
-        let (_, noticed) = raw.idle_wait_exists(Duration::from_secs(5)).await?;
-        let got = receiver.next(Duration::from_secs(10)).await?;
-        if got.body["title"] != format!("latency {i}").as_str() {
+        // Both at once: through IDLE the notice comes first, through a push the alert does.
+        let ((_, noticed), got) = tokio::try_join!(
+            raw.idle_wait_exists(Duration::from_secs(5)),
+            receiver.next(Duration::from_secs(10))
+        )?;
+        if got.body["title"] != title.as_str() {
             bail!("out of order: {}", got.body["title"]);
         }
         dovecot_latency.push(noticed.duration_since(confirmed));
-        herald_latency.push(got.at.duration_since(confirmed));
+        herald_latency.push(got.at.saturating_duration_since(confirmed));
     }
+    herald_latency.sort();
+    dovecot_latency.sort();
+    Ok((herald_latency, dovecot_latency))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn latency(n: usize) -> Result<()> {
+    let dovecot = Dovecot::start().await?;
+    let mut receiver = Receiver::start().await?;
+    let dir = tempfile::tempdir()?;
+    let mut herald = start(&config(dir.path(), &dovecot, &receiver)?)?;
+    let mut raw = RawImap::connect(dovecot.port(), dovecot.user(), dovecot.password()).await?;
+    raw.select("INBOX").await?;
+    raw.idle_start().await?;
+
+    let (herald_latency, dovecot_latency) =
+        timed_appends(&dovecot, &mut receiver, &mut raw, "latency", n).await?;
     let rss = peak_rss_kib(herald.pid())?;
     herald.sigterm()?;
     herald.wait_exit(Duration::from_secs(30)).await?;
     raw.idle_done().await?;
 
-    herald_latency.sort();
-    dovecot_latency.sort();
-    let (h50, h99) = (
-        percentile(&herald_latency, 0.5),
-        percentile(&herald_latency, 0.99),
-    );
-    let (d50, d99) = (
-        percentile(&dovecot_latency, 0.5),
-        percentile(&dovecot_latency, 0.99),
-    );
+    let (h50, h99) = p50_p99(&herald_latency);
+    let (d50, d99) = p50_p99(&dovecot_latency);
     println!();
     println!("(a) APPEND confirmed -> alert received, {n} messages");
     println!(
@@ -409,30 +424,9 @@ async fn push(n: usize) -> Result<()> {
     raw.select("INBOX").await?;
     raw.idle_start().await?;
 
-    // Warm-up: herald's first start (its port is open once it alerts).
-    dovecot
-        .append("INBOX", &plain_mail("warm-up", "x\n"))
-        .await?;
-    receiver.next(Duration::from_secs(30)).await?;
-    raw.idle_wait_exists(Duration::from_secs(5)).await?;
-
-    let mut herald_latency = Vec::with_capacity(n);
-    let mut dovecot_latency = Vec::with_capacity(n);
-    for i in 0..n {
-        // Spaced beyond Dovecot's 500 ms window, as in (a), so its notice is measured whole.
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        dovecot
-            .append("INBOX", &plain_mail(&format!("push {i}"), "x\n"))
-            .await?;
-        let confirmed = Instant::now();
-        let got = receiver.next(Duration::from_secs(10)).await?;
-        let (_, noticed) = raw.idle_wait_exists(Duration::from_secs(5)).await?;
-        if got.body["title"] != format!("push {i}").as_str() {
-            bail!("out of order: {}", got.body["title"]);
-        }
-        dovecot_latency.push(noticed.duration_since(confirmed));
-        herald_latency.push(got.at.saturating_duration_since(confirmed));
-    }
+    // herald's port is open once the warm-up alerted.
+    let (herald_latency, dovecot_latency) =
+        timed_appends(&dovecot, &mut receiver, &mut raw, "push", n).await?;
     let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await?
         .text()
@@ -441,16 +435,8 @@ async fn push(n: usize) -> Result<()> {
     herald.wait_exit(Duration::from_secs(30)).await?;
     raw.idle_done().await?;
 
-    herald_latency.sort();
-    dovecot_latency.sort();
-    let (h50, h99) = (
-        percentile(&herald_latency, 0.5),
-        percentile(&herald_latency, 0.99),
-    );
-    let (d50, d99) = (
-        percentile(&dovecot_latency, 0.5),
-        percentile(&dovecot_latency, 0.99),
-    );
+    let (h50, h99) = p50_p99(&herald_latency);
+    let (d50, d99) = p50_p99(&dovecot_latency);
     let fetches = metrics
         .lines()
         .find_map(|l| l.strip_prefix("herald_push_fetches_total "))
