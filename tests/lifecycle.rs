@@ -148,6 +148,11 @@ async fn repeats_fold_across_a_restart_and_herald_alerts_says_so() {
         .await
         .expect("append");
     let decided = fates(&config, 6).await;
+    // A fate is decided when the alert is committed to the outbox; the post follows it.
+    until("the page posted", || {
+        (!env.posts().is_empty()).then_some(())
+    })
+    .await;
     assert_eq!(env.posts().len(), 1, "five repeats: one post");
     assert_eq!(decided.iter().filter(|f| *f == "folded").count(), 4);
 
